@@ -1,0 +1,223 @@
+//! `keel`: the one binary. `keel serve` runs the HTTP API; `keel migrate`, `keel config` and
+//! `keel keys` are the operator's tools.
+//!
+//! Exit codes: 0 success (and a clean shutdown), 1 failure, 2 invalid configuration,
+//! 3 shutdown whose grace period ran out before in-flight requests finished.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use keel_kernel::config::{Config, ConfigError, ConfigSource, ensure_dev_secrets, random_hex};
+use keel_kernel::module::Module;
+use keel_kernel::server::{self, Application};
+use keel_kernel::store::{Db, migrate};
+
+/// The apps this binary ships, in start-up order. One line per app.
+fn modules() -> Vec<Arc<dyn Module>> {
+    vec![]
+}
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a production-grade, multi-tenant business backend"
+)]
+struct Cli {
+    /// Configuration file (default: ./keel.toml if present; also KEEL_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (migrations are applied first unless configured otherwise).
+    Serve,
+    /// Inspect or apply database migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Key material.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// List every migration of every enabled module and whether it is applied.
+    Status,
+    /// Apply pending migrations.
+    Run,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration and print the effective values, secrets redacted.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Print a new random JWT signing secret and encryption key, as environment variables.
+    Generate,
+}
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+const EXIT_UNCLEAN_SHUTDOWN: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = ConfigSource {
+        file: cli.config.clone(),
+    };
+    if let Command::Keys {
+        action: KeysAction::Generate,
+    } = cli.command
+    {
+        println!("KEEL_JWT_SECRET={}", random_hex(48));
+        println!("KEEL_ENCRYPTION_KEY={}", random_hex(32));
+        return ExitCode::SUCCESS;
+    }
+    let config = match load(&source) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Migrate { action } => migrate_cmd(config, action).await,
+            Command::Config {
+                action: ConfigAction::Check,
+            } => {
+                print!("{}", config.to_redacted_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Keys { .. } => Ok(ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(config_error) = e.downcast_ref::<ConfigError>() {
+                return config_failure(config_error);
+            }
+            tracing::error!(error = format!("{e:#}"), "keel stopped with an error");
+            eprintln!("keel: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+    let config = Config::load(source)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!(
+        "keel: invalid configuration ({} problem(s)):",
+        e.problems.len()
+    );
+    for p in &e.problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
+    let dev_secrets = ensure_dev_secrets(&mut config)?;
+    keel_kernel::observe::init_logging(&config);
+    if let Some((path, created)) = dev_secrets {
+        let verb = if created { "GENERATED" } else { "USING" };
+        let banner = format!(
+            "DEVELOPMENT MODE: {verb} signing and encryption secrets in {} (owner-only). \
+             Never use these in production: set KEEL_ENV=production with KEEL_JWT_SECRET and KEEL_ENCRYPTION_KEY.",
+            path.display()
+        );
+        eprintln!("\n!!! {banner}\n");
+        tracing::warn!("{banner}");
+    }
+    let app = Application::build(config, modules()).await?;
+    let report = app.run_until_stopped(server::shutdown_signal()).await?;
+    Ok(if report.clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNCLEAN_SHUTDOWN)
+    })
+}
+
+async fn migrate_cmd(config: Config, action: MigrateAction) -> anyhow::Result<ExitCode> {
+    keel_kernel::observe::init_logging(&config);
+    let registry = server::registry(&config, modules())?;
+    let db = Db::connect(&config).await?;
+    let modules = registry.migrations();
+    let code = match action {
+        MigrateAction::Status => {
+            let all = migrate::status(&db, &modules).await?;
+            println!(
+                "{:<12} {:>7}  {:<32} {:<9} applied at",
+                "module", "version", "name", "state"
+            );
+            let mut problem = false;
+            for s in &all {
+                let state = serde_json::to_value(&s.state)?;
+                let state = state.as_str().unwrap_or("?").to_string();
+                problem |= matches!(
+                    s.state,
+                    migrate::MigrationState::Modified | migrate::MigrationState::Unknown
+                );
+                println!(
+                    "{:<12} {:>7}  {:<32} {:<9} {}",
+                    s.module,
+                    s.version,
+                    s.name,
+                    state,
+                    s.applied_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+            if problem {
+                ExitCode::from(EXIT_FAILURE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        MigrateAction::Run => {
+            let applied = migrate::run(&db, &modules).await?;
+            if applied.is_empty() {
+                println!("nothing to apply: the schema is current");
+            }
+            for name in applied {
+                println!("applied {name}");
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    db.close().await;
+    Ok(code)
+}

@@ -1,0 +1,654 @@
+//! Configuration: typed, layered (defaults < `keel.toml` < `KEEL_*` environment variables),
+//! and validated before anything listens.
+//!
+//! Top-level keys are the names operators script against (`KEEL_LISTEN`, `KEEL_DATA_DIR`,
+//! `KEEL_DATABASE_URL`, `KEEL_REDIS_URL`, `KEEL_ENV`, `KEEL_JWT_SECRET`,
+//! `KEEL_ENCRYPTION_KEY`, `KEEL_CORS_ORIGINS`); sections mirror `keel.toml` tables and are
+//! reached with a double underscore (`KEEL_DATABASE__MAX_CONNECTIONS=32`,
+//! `KEEL_HTTP__REQUEST_TIMEOUT_SECS=10`). `KEEL_CONFIG` names another configuration file.
+//!
+//! Every secret is a [`Secret`]: its `Debug`, `Display` and `Serialize` never show the value,
+//! so `keel config check` and logs cannot leak it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A secret value: redacted wherever it is printed or serialised.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Call sites that need it are few and easy to audit with grep.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+/// Development (the default) or production. Production refuses unsafe settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+/// Log line format; `auto` means JSON in production and readable lines in development.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// The whole configuration. Field names are the `keel.toml` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `KEEL_ENV`: `development` | `production`.
+    pub env: Environment,
+    /// `KEEL_LISTEN`: the address the HTTP server binds.
+    pub listen: String,
+    /// `KEEL_DATA_DIR`: where the embedded database, generated secrets and files live.
+    pub data_dir: PathBuf,
+    /// `KEEL_DATABASE_URL`: `sqlite://…` or `postgres://…`; unset means SQLite in the data dir.
+    pub database_url: Option<Secret>,
+    /// `KEEL_REDIS_URL`: unset means no Redis (shared state stays in process).
+    pub redis_url: Option<Secret>,
+    /// `KEEL_JWT_SECRET`: the access-token signing secret (≥ 32 bytes).
+    pub jwt_secret: Option<Secret>,
+    /// `KEEL_ENCRYPTION_KEY`: the field-encryption key, 64 hex characters (32 bytes).
+    pub encryption_key: Option<Secret>,
+    /// `KEEL_CORS_ORIGINS`: allowed browser origins, comma separated; empty = same-origin only.
+    #[serde(deserialize_with = "string_or_list")]
+    pub cors_origins: Vec<String>,
+    /// Modules to switch off (e.g. `["trade"]`).
+    #[serde(deserialize_with = "string_or_list")]
+    pub disabled_modules: Vec<String>,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            env: Environment::Development,
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            jwt_secret: None,
+            encryption_key: None,
+            cors_origins: Vec::new(),
+            disabled_modules: Vec::new(),
+            database: DatabaseConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[database]`: pool and start-up behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Largest pool size (`KEEL_DATABASE__MAX_CONNECTIONS`).
+    pub max_connections: u32,
+    /// Connections kept open when idle.
+    pub min_connections: u32,
+    /// How long a request waits for a pooled connection before failing.
+    pub acquire_timeout_ms: u64,
+    /// Connection attempts at start-up before giving up.
+    pub connect_attempts: u32,
+    /// First delay between connection attempts; it doubles up to `connect_backoff_max_ms`.
+    pub connect_backoff_initial_ms: u64,
+    pub connect_backoff_max_ms: u64,
+    /// Apply pending migrations when `keel serve` starts.
+    pub migrate_on_start: bool,
+    /// PostgreSQL schema to use (default `public`); lets several deployments share a database.
+    pub schema: Option<String>,
+    /// SQLite busy timeout: how long a writer waits for the write lock.
+    pub sqlite_busy_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout_ms: 5_000,
+            connect_attempts: 10,
+            connect_backoff_initial_ms: 2_000,
+            connect_backoff_max_ms: 30_000,
+            migrate_on_start: true,
+            schema: None,
+            sqlite_busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[http]`: the server and its protective limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Longest a request may take before it is answered with 503.
+    pub request_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Bound on draining in-flight requests at shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs, e.g. `10.0.0.0/8`).
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Compress responses (gzip, brotli) when the client accepts it.
+    pub compression: bool,
+    /// TLS termination in the binary (both paths set = HTTPS).
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_secs: 30,
+            body_limit_bytes: 2 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            trusted_proxies: Vec::new(),
+            compression: true,
+            tls_cert_path: None,
+            tls_key_path: None,
+        }
+    }
+}
+
+/// `[log]`: log level filter and format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info,keel_kernel=debug`. `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Accepts either a TOML/JSON list or a comma-separated string (as environment variables are).
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(deserializer)? {
+        Raw::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        Raw::Many(v) => v.into_iter().map(|s| s.trim().to_string()).collect(),
+    })
+}
+
+/// Everything wrong with a configuration, one message per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// An explicit file (`--config` or `KEEL_CONFIG`); absent means `./keel.toml` if it exists.
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults < file < `KEEL_*` environment, and validates the shape (types, unknown
+    /// keys). Semantic checks are [`Config::validate`].
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let explicit = source
+            .file
+            .clone()
+            .or_else(|| std::env::var_os("KEEL_CONFIG").map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match &explicit {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::one(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file("keel.toml")),
+        }
+        figment = figment.merge(Env::prefixed("KEEL_").split("__").ignore(&["config"]));
+        figment.extract::<Config>().map_err(|e| ConfigError {
+            problems: e.into_iter().map(describe_figment_error).collect(),
+        })
+    }
+
+    /// Semantic validation: every problem is reported, not just the first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "listen: `{}` is not a socket address like 127.0.0.1:8080",
+                self.listen
+            ));
+        }
+        if let Some(url) = &self.database_url
+            && DatabaseKind::of(url.expose()).is_none()
+        {
+            problems.push(
+                "database_url: must start with sqlite:// or postgres:// (postgresql://)".into(),
+            );
+        }
+        if let Some(url) = &self.redis_url {
+            let u = url.expose();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                problems.push("redis_url: must start with redis:// or rediss://".into());
+            }
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose().len() < 32
+        {
+            problems.push(format!(
+                "jwt_secret: must be at least 32 bytes, got {}",
+                secret.expose().len()
+            ));
+        }
+        if let Some(key) = &self.encryption_key
+            && parse_encryption_key(key.expose()).is_none()
+        {
+            problems.push("encryption_key: must be exactly 64 hex characters (32 bytes)".into());
+        }
+        for origin in &self.cors_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                problems.push(format!(
+                    "cors_origins: `{origin}` is not an origin like https://app.example.com"
+                ));
+            }
+        }
+        for proxy in &self.http.trusted_proxies {
+            if parse_proxy(proxy).is_none() {
+                problems.push(format!(
+                    "http.trusted_proxies: `{proxy}` is not an IP address or CIDR"
+                ));
+            }
+        }
+        if self.http.body_limit_bytes == 0 {
+            problems.push("http.body_limit_bytes: must be greater than 0".into());
+        }
+        if self.http.request_timeout_secs == 0 {
+            problems.push("http.request_timeout_secs: must be greater than 0".into());
+        }
+        match (&self.http.tls_cert_path, &self.http.tls_key_path) {
+            (Some(_), None) | (None, Some(_)) => problems.push(
+                "http.tls_cert_path and http.tls_key_path: set both to enable TLS, or neither"
+                    .into(),
+            ),
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tls_cert_path", cert), ("tls_key_path", key)] {
+                    if !path.is_file() {
+                        problems.push(format!("http.{name}: {} is not a file", path.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be greater than 0".into());
+        }
+        if self.database.min_connections > self.database.max_connections {
+            problems.push("database.min_connections: must not exceed max_connections".into());
+        }
+        if self.database.connect_attempts == 0 {
+            problems.push("database.connect_attempts: must be at least 1".into());
+        }
+        if let Some(schema) = &self.database.schema
+            && !is_identifier(schema)
+        {
+            problems.push(format!(
+                "database.schema: `{schema}` must be letters, digits and underscores"
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level: `{}` is not a valid filter",
+                self.log.level
+            ));
+        }
+        if self.env == Environment::Production {
+            if self.jwt_secret.is_none() {
+                problems.push(
+                    "jwt_secret: required in production (KEEL_JWT_SECRET, at least 32 bytes)"
+                        .into(),
+                );
+            }
+            if self.encryption_key.is_none() {
+                problems.push(
+                    "encryption_key: required in production (KEEL_ENCRYPTION_KEY, 64 hex characters; `keel keys generate` makes one)"
+                        .into(),
+                );
+            }
+            if self.cors_origins.iter().any(|o| o == "*") {
+                problems.push(
+                    "cors_origins: a wildcard origin is refused in production; list the origins"
+                        .into(),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The database to use: the configured URL, or SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_string(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join("keel.db").to_string_lossy()
+            ),
+        }
+    }
+
+    pub fn database_kind(&self) -> DatabaseKind {
+        DatabaseKind::of(&self.database_url()).unwrap_or(DatabaseKind::Sqlite)
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError::one(format!("listen: `{}` is not valid", self.listen)))
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+
+    pub fn trusted_proxies(&self) -> Vec<IpNet> {
+        self.http
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| parse_proxy(p))
+            .collect()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.http.request_timeout_secs)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Which database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+pub fn parse_encryption_key(hex_key: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+fn parse_proxy(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let key = e.path.join(".");
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    let kind = e.kind.to_string();
+    if key.is_empty() {
+        format!("{kind}{origin}")
+    } else {
+        format!("{key}: {kind}{origin}")
+    }
+}
+
+/// Secrets generated for development, stored once in the data directory.
+#[derive(Debug, Serialize, Deserialize)]
+struct DevSecrets {
+    jwt_secret: String,
+    encryption_key: String,
+}
+
+/// In development, fills missing secrets from `<data_dir>/dev-secrets.toml`, generating that
+/// file (mode 0600) on first start so tokens and encrypted data survive restarts. Returns the
+/// path when it generated or used the file, so the caller can say so loudly. Production
+/// never reaches this: validation has already refused missing secrets.
+pub fn ensure_dev_secrets(config: &mut Config) -> std::io::Result<Option<(PathBuf, bool)>> {
+    if config.is_production() || (config.jwt_secret.is_some() && config.encryption_key.is_some()) {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join("dev-secrets.toml");
+    let (secrets, created) = if path.exists() {
+        let text = std::fs::read_to_string(&path)?;
+        let parsed: DevSecrets = toml::from_str(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        (parsed, false)
+    } else {
+        let secrets = DevSecrets {
+            jwt_secret: random_hex(48),
+            encryption_key: random_hex(32),
+        };
+        let text = toml::to_string(&secrets).map_err(std::io::Error::other)?;
+        write_owner_only(&path, text.as_bytes())?;
+        (secrets, true)
+    };
+    if config.jwt_secret.is_none() {
+        config.jwt_secret = Some(Secret::new(secrets.jwt_secret));
+    }
+    if config.encryption_key.is_none() {
+        config.encryption_key = Some(Secret::new(secrets.encryption_key));
+    }
+    Ok(Some((path, created)))
+}
+
+/// Random bytes as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// Writes a file readable and writable by its owner only (created with mode 0600, never
+/// briefly world-readable).
+pub fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_for_development() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert!(config.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn production_without_secrets_reports_each_problem() {
+        let config = Config {
+            env: Environment::Production,
+            cors_origins: vec!["*".into()],
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("must be refused");
+        let all = err.problems.join("\n");
+        assert!(all.contains("jwt_secret"), "{all}");
+        assert!(all.contains("encryption_key"), "{all}");
+        assert!(all.contains("wildcard"), "{all}");
+        assert_eq!(err.problems.len(), 3);
+    }
+
+    #[test]
+    fn short_jwt_secret_and_bad_key_are_refused() {
+        let config = Config {
+            jwt_secret: Some(Secret::new("short")),
+            encryption_key: Some(Secret::new("zz")),
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("must be refused");
+        assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config {
+            jwt_secret: Some(Secret::new("a-very-secret-value-that-is-long-enough")),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("a-very-secret"));
+        assert!(!config.to_redacted_toml().contains("a-very-secret"));
+    }
+
+    #[test]
+    fn lists_accept_comma_separated_strings() {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default(
+                "cors_origins",
+                "https://a.example, https://b.example",
+            ))
+            .extract()
+            .expect("extract");
+        assert_eq!(
+            config.cors_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn dev_secrets_are_generated_once_with_owner_only_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let (path, created) = ensure_dev_secrets(&mut first)
+            .expect("generate")
+            .expect("generated");
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let mut second = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let (_, created_again) = ensure_dev_secrets(&mut second)
+            .expect("reuse")
+            .expect("used");
+        assert!(!created_again);
+        assert_eq!(first.jwt_secret, second.jwt_secret);
+        assert_eq!(first.encryption_key, second.encryption_key);
+        assert!(second.validate().is_ok());
+    }
+}

@@ -1,0 +1,161 @@
+//! The HTTP stack: the tower layers every request passes through, in this order (outermost
+//! first):
+//!
+//! compression → request context (request id, client IP, span, access log, problem bodies)
+//! → security headers → CORS → panic guard → timeout → body limit → router.
+//!
+//! Routes come from the enabled modules; anything unmatched answers a 404 problem.
+
+pub mod context;
+pub mod error;
+pub mod extract;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use context::{ClientIp, RequestId};
+pub use error::{ApiError, ApiResult, FieldError, Problem};
+pub use extract::{Json, Path, Query};
+
+use crate::config::Config;
+
+/// Wraps the application router in the kernel's layers.
+pub fn with_layers(router: Router, config: &Config) -> Router {
+    let settings = context::ContextSettings {
+        trusted_proxies: Arc::new(config.trusted_proxies()),
+    };
+    let production = config.is_production();
+    let router = router
+        .fallback(no_route)
+        .layer(RequestBodyLimitLayer::new(config.http.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout(),
+        ))
+        .layer(CatchPanicLayer::custom(on_panic))
+        .layer(cors(config))
+        .layer(axum::middleware::map_response(move |r: Response| {
+            security_headers(r, production)
+        }))
+        .layer(axum::middleware::from_fn_with_state(
+            settings,
+            context::request_context,
+        ));
+    if config.http.compression {
+        router.layer(CompressionLayer::new().gzip(true).br(true))
+    } else {
+        router
+    }
+}
+
+async fn no_route() -> ApiError {
+    ApiError::from_status(StatusCode::NOT_FOUND)
+}
+
+fn on_panic(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("(non-string panic payload)");
+    let mut response = ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR).into_response();
+    response
+        .extensions_mut()
+        .insert(error::InternalCause(Arc::new(format!(
+            "handler panicked: {message}"
+        ))));
+    response
+}
+
+static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
+static X_FRAME_OPTIONS: HeaderName = HeaderName::from_static("x-frame-options");
+static REFERRER_POLICY: HeaderName = HeaderName::from_static("referrer-policy");
+
+async fn security_headers(mut response: Response, production: bool) -> Response {
+    let headers = response.headers_mut();
+    let defaults = [
+        (&X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (&X_FRAME_OPTIONS, "DENY"),
+        (&REFERRER_POLICY, "no-referrer"),
+    ];
+    for (name, value) in defaults {
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), HeaderValue::from_static(value));
+        }
+    }
+    // Pages that need more (the API docs UI) set their own policy.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    if production && !headers.contains_key(header::STRICT_TRANSPORT_SECURITY) {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+    response
+}
+
+/// CORS from configuration: no origins = no CORS headers (same-origin only); a list =
+/// exactly those origins, with credentials; `*` (development only) = any origin, without
+/// credentials (browsers forbid the combination, and so do we).
+fn cors(config: &Config) -> CorsLayer {
+    let origins = &config.cors_origins;
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    let headers = [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        header::IF_MATCH,
+        HeaderName::from_static("idempotency-key"),
+        HeaderName::from_static("x-csrf-token"),
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("x-keel-org"),
+    ];
+    let expose = [
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderName::from_static("ratelimit-reset"),
+        header::RETRY_AFTER,
+        header::LOCATION,
+        header::ETAG,
+    ];
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let base = CorsLayer::new()
+        .allow_methods(methods)
+        .allow_headers(headers)
+        .expose_headers(expose)
+        .max_age(Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        base.allow_origin(AllowOrigin::any())
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+            .collect();
+        base.allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+    }
+}

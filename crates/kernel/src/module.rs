@@ -1,0 +1,292 @@
+//! The module seam: how an app plugs into the kernel.
+//!
+//! A [`Module`] names itself and hands the kernel its migrations, its routes (each with its
+//! OpenAPI description, by construction: [`ModuleRouter`] accepts only documented routes),
+//! the permissions it defines, its job types, its schedules and test fixtures. The binary
+//! lists the modules it enables; configuration can switch any off. [`Registry`] checks the
+//! set once at start-up (unique names, no two modules claiming one permission or job type).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+
+use crate::state::AppState;
+use crate::store::migrate::{Migration, ModuleMigrations};
+use crate::tenancy::TenantScope;
+
+/// A permission an app defines, e.g. `trade.shipments.write`, with the organization roles
+/// that hold it by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub default_roles: &'static [&'static str],
+}
+
+/// What a job handler returns on failure: retry later, or give up now.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("retryable: {0}")]
+    Retry(#[source] anyhow::Error),
+    #[error("permanent: {0}")]
+    Permanent(#[source] anyhow::Error),
+}
+
+/// Runs one job of a type. Handlers must be idempotent: a job whose worker died runs again.
+#[async_trait::async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    async fn run(
+        &self,
+        state: AppState,
+        scope: Option<TenantScope>,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, JobError>;
+}
+
+/// A job type a module handles.
+#[derive(Clone)]
+pub struct JobDefinition {
+    /// Globally unique, e.g. `trade.extract_document`.
+    pub job_type: &'static str,
+    /// The queue it runs on (queues have their own concurrency), e.g. `ocr`.
+    pub queue: &'static str,
+    pub max_attempts: u32,
+    pub time_limit: Duration,
+    pub handler: Arc<dyn JobHandler>,
+}
+
+impl std::fmt::Debug for JobDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobDefinition")
+            .field("job_type", &self.job_type)
+            .field("queue", &self.queue)
+            .field("max_attempts", &self.max_attempts)
+            .field("time_limit", &self.time_limit)
+            .finish()
+    }
+}
+
+/// When a periodic task runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cadence {
+    Every(Duration),
+    /// A cron expression, evaluated in UTC.
+    Cron(&'static str),
+}
+
+/// A periodic task: each tick enqueues one job of `job_type` (run once across all nodes).
+#[derive(Debug, Clone)]
+pub struct ScheduleDefinition {
+    pub name: &'static str,
+    pub cadence: Cadence,
+    pub job_type: &'static str,
+}
+
+/// A sample resource a fixture created, for the isolation probe.
+#[derive(Debug, Clone)]
+pub struct FixtureResource {
+    /// Concrete paths that address the resource (e.g. `/api/v1/trade/shipments/<id>`).
+    pub paths: Vec<String>,
+}
+
+type FixtureFn = Arc<
+    dyn Fn(AppState, TenantScope) -> BoxFuture<'static, anyhow::Result<FixtureResource>>
+        + Send
+        + Sync,
+>;
+
+/// Creates a sample of one resource inside a tenant scope (used by tests only).
+#[derive(Clone)]
+pub struct Fixture {
+    pub resource: &'static str,
+    pub create: FixtureFn,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture")
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+/// A module's routes. Only documented routes can be added, so the OpenAPI document and the
+/// router cannot drift apart.
+pub struct ModuleRouter(OpenApiRouter<AppState>);
+
+impl Default for ModuleRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ModuleRouter {
+    pub fn new() -> Self {
+        Self(OpenApiRouter::new())
+    }
+
+    /// Adds routes made with `utoipa_axum::routes!(handler, …)`: each handler carries its
+    /// `#[utoipa::path]` description.
+    pub fn routes(self, routes: UtoipaMethodRouter<AppState>) -> Self {
+        Self(self.0.routes(routes))
+    }
+
+    pub fn merge(self, other: ModuleRouter) -> Self {
+        Self(self.0.merge(other.0))
+    }
+
+    pub(crate) fn into_inner(self) -> OpenApiRouter<AppState> {
+        self.0
+    }
+}
+
+/// An app (or a kernel part) plugged into Keel.
+pub trait Module: Send + Sync + 'static {
+    /// Unique, lowercase; also the key to switch it off in configuration.
+    fn name(&self) -> &'static str;
+
+    /// Schema changes, in order; each module's versions are its own.
+    fn migrations(&self) -> Vec<Migration> {
+        Vec::new()
+    }
+
+    fn routes(&self) -> ModuleRouter {
+        ModuleRouter::new()
+    }
+
+    fn permissions(&self) -> Vec<Permission> {
+        Vec::new()
+    }
+
+    fn jobs(&self) -> Vec<JobDefinition> {
+        Vec::new()
+    }
+
+    fn schedules(&self) -> Vec<ScheduleDefinition> {
+        Vec::new()
+    }
+
+    /// Creates sample resources for the isolation probe.
+    fn fixtures(&self) -> Vec<Fixture> {
+        Vec::new()
+    }
+}
+
+/// The enabled modules, checked for consistency.
+#[derive(Clone)]
+pub struct Registry {
+    modules: Arc<Vec<Arc<dyn Module>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.modules.iter().map(|m| m.name()))
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Keeps the modules not switched off, and checks them: every problem is reported.
+    pub fn new(
+        modules: Vec<Arc<dyn Module>>,
+        disabled: &[String],
+    ) -> Result<Self, crate::config::ConfigError> {
+        let mut problems = Vec::new();
+        let known: HashSet<&str> = modules.iter().map(|m| m.name()).collect();
+        for d in disabled {
+            if d == crate::KERNEL_MODULE {
+                problems.push("disabled_modules: the kernel module cannot be switched off".into());
+            } else if !known.contains(d.as_str()) {
+                problems.push(format!(
+                    "disabled_modules: `{d}` is not a module of this build (known: {})",
+                    {
+                        let mut k: Vec<&str> = known.iter().copied().collect();
+                        k.sort_unstable();
+                        k.join(", ")
+                    }
+                ));
+            }
+        }
+        let enabled: Vec<Arc<dyn Module>> = modules
+            .into_iter()
+            .filter(|m| !disabled.iter().any(|d| d == m.name()))
+            .collect();
+        let mut names = HashSet::new();
+        let mut permissions = HashSet::new();
+        let mut job_types = HashSet::new();
+        let mut schedules = HashSet::new();
+        for m in &enabled {
+            if !names.insert(m.name()) {
+                problems.push(format!("module `{}` is listed twice", m.name()));
+            }
+            let mut versions = HashSet::new();
+            for mig in m.migrations() {
+                if !versions.insert(mig.version) {
+                    problems.push(format!(
+                        "module `{}` has two migrations numbered {}",
+                        m.name(),
+                        mig.version
+                    ));
+                }
+            }
+            for p in m.permissions() {
+                if !permissions.insert(p.name) {
+                    problems.push(format!("permission `{}` is defined twice", p.name));
+                }
+            }
+            for j in m.jobs() {
+                if !job_types.insert(j.job_type) {
+                    problems.push(format!("job type `{}` is defined twice", j.job_type));
+                }
+            }
+            for s in m.schedules() {
+                if !schedules.insert(s.name) {
+                    problems.push(format!("schedule `{}` is defined twice", s.name));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                modules: Arc::new(enabled),
+            })
+        } else {
+            Err(crate::config::ConfigError { problems })
+        }
+    }
+
+    pub fn modules(&self) -> &[Arc<dyn Module>] {
+        &self.modules
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.modules.iter().map(|m| m.name()).collect()
+    }
+
+    pub fn migrations(&self) -> Vec<ModuleMigrations> {
+        self.modules
+            .iter()
+            .map(|m| ModuleMigrations {
+                module: m.name(),
+                migrations: m.migrations(),
+            })
+            .collect()
+    }
+
+    pub fn permissions(&self) -> Vec<Permission> {
+        self.modules.iter().flat_map(|m| m.permissions()).collect()
+    }
+
+    pub fn fixtures(&self) -> Vec<Fixture> {
+        self.modules.iter().flat_map(|m| m.fixtures()).collect()
+    }
+
+    pub(crate) fn router(&self) -> OpenApiRouter<AppState> {
+        self.modules.iter().fold(OpenApiRouter::new(), |acc, m| {
+            acc.merge(m.routes().into_inner())
+        })
+    }
+}

@@ -1,0 +1,269 @@
+//! Start-up and shutdown: `Application::build → local_addr → run_until_stopped(shutdown)`.
+//!
+//! `build` does everything that can fail before anything listens: module checks, database
+//! connection (with retries), migrations (or their verification), Redis, the router and the
+//! listening socket (so tests can bind port 0 and learn the port). `run_until_stopped` serves
+//! until the shutdown future resolves, then stops accepting, drains in-flight requests within
+//! `http.shutdown_grace_secs`, closes the pools and reports whether the drain was clean.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::Config;
+use crate::http;
+use crate::module::{Module, Registry};
+use crate::ops::{KernelModule, ensure_installation};
+use crate::state::{AppInner, AppState};
+use crate::store::Db;
+use crate::store::migrate;
+
+/// A built, bound, not yet serving Keel.
+pub struct Application {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    state: AppState,
+    tls: Option<RustlsConfig>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// How the server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every in-flight request finished within the grace period.
+    pub clean: bool,
+}
+
+/// The kernel module followed by `modules`, less those switched off, checked.
+pub fn registry(
+    config: &Config,
+    modules: Vec<Arc<dyn Module>>,
+) -> Result<Registry, crate::config::ConfigError> {
+    let mut all: Vec<Arc<dyn Module>> = vec![Arc::new(KernelModule)];
+    all.extend(modules);
+    Registry::new(all, &config.disabled_modules)
+}
+
+/// Installs the process-wide TLS crypto provider (ring) once; later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Application {
+    /// Builds Keel with the kernel module plus `modules` (in order).
+    pub async fn build(config: Config, modules: Vec<Arc<dyn Module>>) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let config = Arc::new(config);
+        let registry = registry(&config, modules)?;
+
+        let db = Db::connect(&config).await?;
+        let migrations = registry.migrations();
+        if config.database.migrate_on_start {
+            migrate::run(&db, &migrations).await?;
+        } else {
+            migrate::verify(&db, &migrations).await?;
+            let pending = migrate::pending_count(&db, &migrations).await?;
+            if pending > 0 {
+                anyhow::bail!(
+                    "{pending} migration(s) are not applied and database.migrate_on_start is false; run `keel migrate run`"
+                );
+            }
+        }
+        let installation_id = ensure_installation(&db).await?;
+        let redis = match &config.redis_url {
+            Some(url) => Some(connect_redis(url.expose(), &config).await?),
+            None => None,
+        };
+
+        let (router, mut openapi) = registry.router().split_for_parts();
+        describe_api(&mut openapi);
+        let openapi_json = bytes::Bytes::from(
+            serde_json::to_vec(&openapi).context("cannot render the OpenAPI document")?,
+        );
+
+        let state = AppState::new(AppInner {
+            config: config.clone(),
+            db,
+            redis,
+            registry,
+            openapi_json,
+            installation_id,
+            node_id: uuid::Uuid::now_v7(),
+            started_at: Instant::now(),
+        });
+        let router = router
+            .route_layer(axum::middleware::from_fn(http::context::record_route))
+            .with_state(state.clone());
+        let router = http::with_layers(router, &config);
+
+        let addr = config.listen_addr()?;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let tls = match (&config.http.tls_cert_path, &config.http.tls_key_path) {
+            (Some(cert), Some(key)) => Some(
+                RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .context("cannot load the TLS certificate or key")?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            listener,
+            local_addr,
+            router,
+            state,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and closes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<ShutdownReport> {
+        let grace = Duration::from_secs(self.state.config.http.shutdown_grace_secs);
+        let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
+        let make_service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            address = %self.local_addr,
+            "keel listening on {scheme}://{}",
+            self.local_addr
+        );
+        let server = match self.tls {
+            Some(tls) => {
+                let server = axum_server::from_tcp_rustls(self.listener, tls)?;
+                tokio::spawn(server.handle(handle.clone()).serve(make_service))
+            }
+            None => {
+                let server = axum_server::from_tcp(self.listener)?;
+                tokio::spawn(server.handle(handle.clone()).serve(make_service))
+            }
+        };
+        let mut server = server;
+        let stopped_at = tokio::select! {
+            result = &mut server => {
+                result.context("server task failed")?.context("server failed")?;
+                None
+            }
+            () = shutdown => Some(Instant::now()),
+        };
+        let mut clean = true;
+        if let Some(stopped_at) = stopped_at {
+            tracing::info!(
+                in_flight_connections = handle.connection_count(),
+                grace_secs = grace.as_secs(),
+                "shutdown requested: no longer accepting; draining"
+            );
+            handle.graceful_shutdown(Some(grace));
+            server
+                .await
+                .context("server task failed")?
+                .context("server failed")?;
+            clean = stopped_at.elapsed() < grace;
+        }
+        self.state.db.close().await;
+        if clean {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!("shutdown grace period ran out; remaining connections were closed");
+        }
+        Ok(ShutdownReport { clean })
+    }
+}
+
+async fn connect_redis(
+    url: &str,
+    config: &Config,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).context("redis_url is not a valid Redis URL")?;
+    let db = &config.database;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(db.connect_backoff_initial_ms))
+        .with_max_delay(Duration::from_millis(db.connect_backoff_max_ms))
+        .with_max_times(db.connect_attempts.saturating_sub(1) as usize);
+    let connect = || {
+        let client = client.clone();
+        async move { redis::aio::ConnectionManager::new(client).await }
+    };
+    connect
+        .retry(backoff)
+        .notify(|err, delay| {
+            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "redis not reachable yet; retrying");
+        })
+        .await
+        .context("could not connect to Redis")
+}
+
+fn describe_api(openapi: &mut utoipa::openapi::OpenApi) {
+    openapi.info.title = "Keel API".into();
+    openapi.info.version = env!("CARGO_PKG_VERSION").into();
+    openapi.info.contact = None;
+    openapi.info.license = Some(utoipa::openapi::License::new("Apache-2.0"));
+    openapi.info.description = Some(
+        "Keel: a multi-tenant business backend. Errors are RFC 9457 problem+json documents.".into(),
+    );
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

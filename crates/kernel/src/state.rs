@@ -1,0 +1,54 @@
+//! The one application state every handler receives: configuration, the store, Redis when
+//! configured, and the enabled modules. Cheap to clone (one `Arc`).
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::module::Registry;
+use crate::store::Db;
+
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub redis: Option<redis::aio::ConnectionManager>,
+    pub registry: Registry,
+    /// The OpenAPI document of every enabled route, rendered once at start-up.
+    pub openapi_json: bytes::Bytes,
+    /// The deployment's identity, recorded in the database at first start.
+    pub installation_id: Uuid,
+    /// This process (a node of a deployment); shown in readiness to tell nodes apart.
+    pub node_id: Uuid,
+    pub started_at: Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.0.db.kind())
+            .field("redis", &self.0.redis.is_some())
+            .field("modules", &self.0.registry)
+            .field("node_id", &self.0.node_id)
+            .finish()
+    }
+}
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}

@@ -1,0 +1,385 @@
+//! The store: one handle over SQLite (embedded) or PostgreSQL (scale-out).
+//!
+//! Every query is written once with `sea-query` and rendered for the backend in use, so
+//! nothing above this module knows which engine it runs on. Rows decode into types that
+//! implement `sqlx::FromRow` for both engines (`#[derive(sqlx::FromRow)]` does that when
+//! every field type decodes on both).
+//!
+//! Conventions every table follows so both engines agree:
+//! - ids are UUIDs (a 16-byte BLOB on SQLite, `uuid` on PostgreSQL);
+//! - timestamps are `DateTime<Utc>` truncated to microseconds ([`now`]); SQLite stores them
+//!   as RFC 3339 text whose lexical order is their time order;
+//! - text comparisons that must ignore case use `lower()` on both sides.
+
+pub mod migrate;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
+use sea_query_sqlx::SqlxBinder;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
+
+use crate::config::{Config, DatabaseKind};
+
+/// The current time, at the precision both engines store (microseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Errors from the store, in terms callers act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique or foreign-key constraint refused the write; the name says which.
+    #[error("constraint violated: {constraint}")]
+    Conflict { constraint: String },
+    /// The database is unreachable or the pool is exhausted: retryable by the caller.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db)
+                if db.is_unique_violation() || db.is_foreign_key_violation() =>
+            {
+                StoreError::Conflict {
+                    constraint: db.constraint().unwrap_or("unknown").to_string(),
+                }
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            _ => StoreError::Other(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// A row type both engines can decode.
+pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{}
+
+/// A connection pool on one of the two engines.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Pool figures for health and metrics.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+}
+
+/// Dispatches one statement to whichever engine the handle is on.
+macro_rules! dispatch {
+    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {
+        match $self {
+            Db::Sqlite(pool) => {
+                let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
+                let $ex = pool;
+                $body
+            }
+            Db::Postgres(pool) => {
+                let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
+                let $ex = pool;
+                $body
+            }
+        }
+    };
+}
+
+macro_rules! dispatch_tx {
+    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {
+        match $self {
+            Tx::Sqlite(tx) => {
+                let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
+                let $ex = &mut **tx;
+                $body
+            }
+            Tx::Postgres(tx) => {
+                let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
+                let $ex = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    /// Connects to the configured database, retrying with exponential backoff (the database
+    /// may still be starting), and applies engine settings (WAL, foreign keys, schema).
+    pub async fn connect(config: &Config) -> anyhow::Result<Db> {
+        let db = config.database.clone();
+        let attempts = db.connect_attempts.max(1);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(db.connect_backoff_initial_ms))
+            .with_max_delay(Duration::from_millis(db.connect_backoff_max_ms))
+            .with_factor(2.0)
+            .with_max_times(attempts.saturating_sub(1) as usize);
+        let connect = || async { Self::connect_once(config).await };
+        connect
+            .retry(backoff)
+            .notify(|err, delay| {
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database not reachable yet; retrying");
+            })
+            .await
+            .with_context(|| format!("could not connect to the database after {attempts} attempts"))
+    }
+
+    async fn connect_once(config: &Config) -> anyhow::Result<Db> {
+        let url = config.database_url();
+        let db = &config.database;
+        let acquire = Duration::from_millis(db.acquire_timeout_ms);
+        match config.database_kind() {
+            DatabaseKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&url)
+                    .context("database_url is not a valid SQLite URL")?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: an acknowledged commit survives power loss, not only a crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_millis(db.sqlite_busy_timeout_ms))
+                    .pragma("temp_store", "memory");
+                if let Some(parent) = options.get_filename().parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).with_context(|| {
+                        format!("cannot create the data directory {}", parent.display())
+                    })?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(db.max_connections)
+                    .min_connections(db.min_connections)
+                    .acquire_timeout(acquire)
+                    .connect_with(options)
+                    .await?;
+                Ok(Db::Sqlite(pool))
+            }
+            DatabaseKind::Postgres => {
+                let mut options = PgConnectOptions::from_str(&url)
+                    .context("database_url is not a valid PostgreSQL URL")?;
+                if let Some(schema) = &db.schema {
+                    // Sent in the start-up packet: no extra round trip per connection.
+                    options = options.options([("search_path", schema.as_str())]);
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(db.max_connections)
+                    .min_connections(db.min_connections)
+                    .acquire_timeout(acquire)
+                    .connect_with(options)
+                    .await?;
+                if let Some(schema) = &db.schema {
+                    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+                    sqlx::raw_sql(AssertSqlSafe(create)).execute(&pool).await?;
+                }
+                Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            Db::Sqlite(_) => DatabaseKind::Sqlite,
+            Db::Postgres(_) => DatabaseKind::Postgres,
+        }
+    }
+
+    /// The SQLite database file, when on SQLite with a file.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        match self {
+            Db::Sqlite(pool) => {
+                let path = pool.connect_options().get_filename().to_path_buf();
+                (!path.as_os_str().is_empty() && path.as_os_str() != ":memory:").then_some(path)
+            }
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// One round trip; returns its latency.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        match self {
+            Db::Sqlite(pool) => {
+                sqlx::raw_sql("SELECT 1").execute(pool).await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::raw_sql("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        match self {
+            Db::Sqlite(pool) => PoolStats {
+                size: pool.size(),
+                idle: pool.num_idle(),
+                max: pool.options().get_max_connections(),
+            },
+            Db::Postgres(pool) => PoolStats {
+                size: pool.size(),
+                idle: pool.num_idle(),
+                max: pool.options().get_max_connections(),
+            },
+        }
+    }
+
+    /// Starts a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
+    /// a transaction that reads and then writes cannot fail half-way on a lock upgrade.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    pub async fn fetch_all<T: Row>(&self, stmt: &impl SqlxBinder) -> Result<Vec<T>, StoreError> {
+        dispatch!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
+            AssertSqlSafe(sql),
+            values
+        )
+        .fetch_all(ex)
+        .await?))
+    }
+
+    pub async fn fetch_optional<T: Row>(
+        &self,
+        stmt: &impl SqlxBinder,
+    ) -> Result<Option<T>, StoreError> {
+        dispatch!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
+            AssertSqlSafe(sql),
+            values
+        )
+        .fetch_optional(ex)
+        .await?))
+    }
+
+    pub async fn fetch_one<T: Row>(&self, stmt: &impl SqlxBinder) -> Result<T, StoreError> {
+        self.fetch_optional(stmt).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Runs a write; returns the number of rows it touched.
+    pub async fn execute(&self, stmt: &impl SqlxBinder) -> Result<u64, StoreError> {
+        dispatch!(self, stmt, |sql, values, ex| Ok(sqlx::query_with(
+            AssertSqlSafe(sql),
+            values
+        )
+        .execute(ex)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// An open transaction. Dropped without [`Tx::commit`], it rolls back.
+#[derive(Debug)]
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.rollback().await?,
+            Tx::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            Tx::Sqlite(_) => DatabaseKind::Sqlite,
+            Tx::Postgres(_) => DatabaseKind::Postgres,
+        }
+    }
+
+    pub async fn fetch_all<T: Row>(
+        &mut self,
+        stmt: &impl SqlxBinder,
+    ) -> Result<Vec<T>, StoreError> {
+        dispatch_tx!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
+            AssertSqlSafe(sql),
+            values
+        )
+        .fetch_all(ex)
+        .await?))
+    }
+
+    pub async fn fetch_optional<T: Row>(
+        &mut self,
+        stmt: &impl SqlxBinder,
+    ) -> Result<Option<T>, StoreError> {
+        dispatch_tx!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
+            AssertSqlSafe(sql),
+            values
+        )
+        .fetch_optional(ex)
+        .await?))
+    }
+
+    pub async fn fetch_one<T: Row>(&mut self, stmt: &impl SqlxBinder) -> Result<T, StoreError> {
+        self.fetch_optional(stmt).await?.ok_or(StoreError::NotFound)
+    }
+
+    pub async fn execute(&mut self, stmt: &impl SqlxBinder) -> Result<u64, StoreError> {
+        dispatch_tx!(self, stmt, |sql, values, ex| Ok(sqlx::query_with(
+            AssertSqlSafe(sql),
+            values
+        )
+        .execute(ex)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Runs engine-specific SQL that takes no parameters (DDL in migrations). Application
+    /// queries go through the query builder instead.
+    pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
+        let sql = AssertSqlSafe(sql.to_string());
+        match self {
+            Tx::Sqlite(tx) => {
+                sqlx::raw_sql(sql).execute(&mut **tx).await?;
+            }
+            Tx::Postgres(tx) => {
+                sqlx::raw_sql(sql).execute(&mut **tx).await?;
+            }
+        }
+        Ok(())
+    }
+}

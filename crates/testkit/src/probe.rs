@@ -1,0 +1,157 @@
+//! A small module for kernel tests: routes that echo, sleep, panic and store rows, so the
+//! HTTP stack, the store and the module seam can be exercised through real requests.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use keel_kernel::http::{ApiError, ApiResult, ClientIp, Json, Path, Query, RequestId};
+use keel_kernel::module::{Module, ModuleRouter};
+use keel_kernel::state::AppState;
+use keel_kernel::store::migrate::Migration;
+use keel_kernel::store::{StoreError, now};
+use sea_query::{Expr, ExprTrait, Query as Sql};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+#[derive(Debug, Default)]
+pub struct ProbeModule;
+
+impl Module for ProbeModule {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn migrations(&self) -> Vec<Migration> {
+        vec![keel_kernel::migration!(1, "0001_test_items", "migrations")]
+    }
+
+    fn routes(&self) -> ModuleRouter {
+        ModuleRouter::new()
+            .routes(routes!(echo))
+            .routes(routes!(slow))
+            .routes(routes!(panics))
+            .routes(routes!(whoami))
+            .routes(routes!(create_item))
+            .routes(routes!(get_item))
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct EchoBody {
+    pub name: String,
+    pub count: u32,
+}
+
+/// Echoes a JSON body.
+#[utoipa::path(post, path = "/api/v1/test/echo", tag = "test",
+    request_body = EchoBody,
+    responses((status = 200, body = EchoBody)))]
+async fn echo(Json(body): Json<EchoBody>) -> Json<EchoBody> {
+    Json(body)
+}
+
+#[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+pub struct SlowQuery {
+    /// How long to sleep.
+    pub ms: u64,
+}
+
+/// Sleeps, then answers.
+#[utoipa::path(get, path = "/api/v1/test/slow", tag = "test", params(SlowQuery),
+    responses((status = 200, description = "slept")))]
+async fn slow(Query(q): Query<SlowQuery>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(Ord::min(q.ms, 60_000))).await;
+    "slept"
+}
+
+/// Panics.
+#[utoipa::path(get, path = "/api/v1/test/panic", tag = "test",
+    responses((status = 500, description = "always")))]
+async fn panics() -> &'static str {
+    panic!("deliberate panic in the probe module")
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub client_ip: String,
+    pub request_id: String,
+}
+
+/// The client address and request id as the server sees them.
+#[utoipa::path(get, path = "/api/v1/test/whoami", tag = "test",
+    responses((status = 200, body = WhoAmI)))]
+async fn whoami(
+    axum::Extension(ip): axum::Extension<ClientIp>,
+    axum::Extension(id): axum::Extension<RequestId>,
+) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        client_ip: ip.0.to_string(),
+        request_id: id.0.to_string(),
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewItem {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct Item {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Stores an item.
+#[utoipa::path(post, path = "/api/v1/test/items", tag = "test", request_body = NewItem,
+    responses((status = 201, body = Item), (status = 409, description = "name taken")))]
+async fn create_item(
+    State(state): State<AppState>,
+    Json(body): Json<NewItem>,
+) -> ApiResult<impl IntoResponse> {
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid_field("name", "must not be empty"));
+    }
+    let item = Item {
+        id: Uuid::now_v7(),
+        name: body.name,
+        created_at: now(),
+    };
+    let insert = Sql::insert()
+        .into_table("test_items")
+        .columns(["id", "name", "created_at"])
+        .values_panic([
+            item.id.into(),
+            item.name.clone().into(),
+            item.created_at.into(),
+        ])
+        .to_owned();
+    state.db.execute(&insert).await.map_err(|e| match e {
+        StoreError::Conflict { .. } => ApiError::conflict("an item with this name exists"),
+        other => other.into(),
+    })?;
+    let location = format!("/api/v1/test/items/{}", item.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(item),
+    ))
+}
+
+/// Reads an item.
+#[utoipa::path(get, path = "/api/v1/test/items/{id}", tag = "test",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Item), (status = 404, description = "no such item")))]
+async fn get_item(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Json<Item>> {
+    let select = Sql::select()
+        .columns(["id", "name", "created_at"])
+        .from("test_items")
+        .and_where(Expr::col("id").eq(id))
+        .to_owned();
+    Ok(Json(state.db.fetch_one(&select).await?))
+}
