@@ -315,7 +315,11 @@ fn the_example_configuration_is_valid_and_matches_the_defaults() {
 #[test]
 fn a_missing_explicit_configuration_file_is_an_error() {
     let dir = tempfile::tempdir().expect("dir");
-    let out = run(dir.path(), &["--config", "nope.toml", "config", "check"], &[]);
+    let out = run(
+        dir.path(),
+        &["--config", "nope.toml", "config", "check"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml does not exist"));
 }
