@@ -100,6 +100,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -117,6 +118,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -212,6 +214,77 @@ impl Default for LogConfig {
     }
 }
 
+/// `[auth]`: tokens, sessions, brute-force protection and password hashing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Access-token (JWT) lifetime.
+    pub access_token_ttl_secs: u64,
+    /// A refresh token expires when unused this long; each use renews it.
+    pub refresh_token_ttl_secs: u64,
+    /// A session ends this long after sign-in, however often it is refreshed.
+    pub session_max_age_secs: u64,
+    /// A just-rotated refresh token replayed within this window yields the same new pair
+    /// (two tabs refreshing at once) instead of revoking the session.
+    pub refresh_reuse_grace_secs: u64,
+    pub issuer: String,
+    pub audience: String,
+    /// Older signing secrets that still verify tokens until they expire (key rotation).
+    #[serde(deserialize_with = "secret_list")]
+    pub previous_jwt_secrets: Vec<Secret>,
+    /// Consecutive failed sign-ins that lock an account, and for how long.
+    pub lockout_threshold: u32,
+    pub lockout_secs: u64,
+    /// Failed sign-ins from one client IP within the window that block the IP, and for how long.
+    pub ip_block_threshold: u32,
+    pub ip_block_window_secs: u64,
+    pub ip_block_secs: u64,
+    pub password_min_length: usize,
+    /// argon2id parameters for new hashes (OWASP: 19 MiB, 2 iterations, 1 lane).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once (0 = one per CPU): a sign-in storm queues here
+    /// instead of starving every other request.
+    pub hash_concurrency: usize,
+    pub email_verification_ttl_secs: u64,
+    pub password_reset_ttl_secs: u64,
+    pub invitation_ttl_secs: u64,
+    pub mfa_challenge_ttl_secs: u64,
+    /// How often each node reads revocations made by other nodes (Redis, when configured,
+    /// delivers them at once as well).
+    pub revocation_poll_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
+            session_max_age_secs: 30 * 24 * 3600,
+            refresh_reuse_grace_secs: 10,
+            issuer: "keel".into(),
+            audience: "keel-api".into(),
+            previous_jwt_secrets: Vec::new(),
+            lockout_threshold: 5,
+            lockout_secs: 15 * 60,
+            ip_block_threshold: 10,
+            ip_block_window_secs: 15 * 60,
+            ip_block_secs: 15 * 60,
+            password_min_length: 12,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            hash_concurrency: 0,
+            email_verification_ttl_secs: 24 * 3600,
+            password_reset_ttl_secs: 3600,
+            invitation_ttl_secs: 7 * 24 * 3600,
+            mfa_challenge_ttl_secs: 300,
+            revocation_poll_ms: 500,
+        }
+    }
+}
+
 /// Accepts either a TOML/JSON list or a comma-separated string (as environment variables are).
 fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -229,6 +302,13 @@ fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
             .collect(),
         Raw::Many(v) => v.into_iter().map(|s| s.trim().to_string()).collect(),
     })
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    Ok(string_or_list(deserializer)?
+        .into_iter()
+        .map(Secret::new)
+        .collect())
 }
 
 /// Everything wrong with a configuration, one message per problem.
@@ -362,6 +442,58 @@ impl Config {
             problems.push(format!(
                 "database.schema: `{schema}` must be letters, digits and underscores"
             ));
+        }
+        let a = &self.auth;
+        for (name, value) in [
+            ("auth.access_token_ttl_secs", a.access_token_ttl_secs),
+            ("auth.refresh_token_ttl_secs", a.refresh_token_ttl_secs),
+            ("auth.session_max_age_secs", a.session_max_age_secs),
+            ("auth.lockout_secs", a.lockout_secs),
+            ("auth.ip_block_window_secs", a.ip_block_window_secs),
+            ("auth.ip_block_secs", a.ip_block_secs),
+            (
+                "auth.email_verification_ttl_secs",
+                a.email_verification_ttl_secs,
+            ),
+            ("auth.password_reset_ttl_secs", a.password_reset_ttl_secs),
+            ("auth.invitation_ttl_secs", a.invitation_ttl_secs),
+            ("auth.mfa_challenge_ttl_secs", a.mfa_challenge_ttl_secs),
+            ("auth.revocation_poll_ms", a.revocation_poll_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        if a.lockout_threshold == 0 || a.ip_block_threshold == 0 {
+            problems.push(
+                "auth.lockout_threshold and auth.ip_block_threshold: must be at least 1".into(),
+            );
+        }
+        if a.password_min_length < 8 {
+            problems.push("auth.password_min_length: must be at least 8".into());
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism.max(1)
+            || a.argon2_iterations == 0
+            || a.argon2_parallelism == 0
+        {
+            problems.push("auth.argon2_*: memory must be at least 8 KiB per lane, iterations and parallelism at least 1".into());
+        }
+        if self.is_production() && (a.argon2_memory_kib < 19 * 1024 || a.argon2_iterations < 2) {
+            problems.push(
+                "auth.argon2_*: production needs at least 19456 KiB and 2 iterations (OWASP)"
+                    .into(),
+            );
+        }
+        if a.access_token_ttl_secs > a.refresh_token_ttl_secs {
+            problems
+                .push("auth.access_token_ttl_secs: must not exceed refresh_token_ttl_secs".into());
+        }
+        for (i, s) in a.previous_jwt_secrets.iter().enumerate() {
+            if s.expose().len() < 32 {
+                problems.push(format!(
+                    "auth.previous_jwt_secrets[{i}]: must be at least 32 bytes"
+                ));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(

@@ -7,13 +7,20 @@
 //! - [`server`] — start-up and graceful shutdown;
 //! - [`ops`] — liveness, readiness and the OpenAPI document;
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
+//! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
+//! - [`crypto`] — field encryption; [`mail`] — the mail seam;
 //! - [`observe`] — logging.
 
+pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod http;
+pub mod mail;
 pub mod module;
+pub mod money;
 pub mod observe;
 pub mod ops;
+pub mod partners;
 pub mod server;
 pub mod state;
 pub mod store;

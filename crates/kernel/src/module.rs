@@ -161,6 +161,11 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Organization roles this module adds (e.g. committees in complaint handling).
+    fn roles(&self) -> Vec<crate::auth::access::Role> {
+        Vec::new()
+    }
+
     fn jobs(&self) -> Vec<JobDefinition> {
         Vec::new()
     }
@@ -216,7 +221,15 @@ impl Registry {
             .filter(|m| !disabled.iter().any(|d| d == m.name()))
             .collect();
         let mut names = HashSet::new();
-        let mut permissions = HashSet::new();
+        let mut permissions: HashSet<&str> = crate::auth::access::kernel_permissions()
+            .iter()
+            .map(|p| p.name)
+            .collect();
+        let mut roles: HashSet<&str> = crate::auth::access::kernel_roles()
+            .iter()
+            .map(|r| r.name)
+            .chain([crate::auth::access::SUPER_ADMIN])
+            .collect();
         let mut job_types = HashSet::new();
         let mut schedules = HashSet::new();
         for m in &enabled {
@@ -236,6 +249,11 @@ impl Registry {
             for p in m.permissions() {
                 if !permissions.insert(p.name) {
                     problems.push(format!("permission `{}` is defined twice", p.name));
+                }
+            }
+            for r in m.roles() {
+                if !roles.insert(r.name) {
+                    problems.push(format!("role `{}` is defined twice", r.name));
                 }
             }
             for j in m.jobs() {
@@ -278,6 +296,10 @@ impl Registry {
 
     pub fn permissions(&self) -> Vec<Permission> {
         self.modules.iter().flat_map(|m| m.permissions()).collect()
+    }
+
+    pub fn roles(&self) -> Vec<crate::auth::access::Role> {
+        self.modules.iter().flat_map(|m| m.roles()).collect()
     }
 
     pub fn fixtures(&self) -> Vec<Fixture> {

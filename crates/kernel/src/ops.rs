@@ -29,7 +29,10 @@ impl Module for KernelModule {
     }
 
     fn migrations(&self) -> Vec<Migration> {
-        vec![crate::migration!(1, "0001_instance", "migrations")]
+        vec![
+            crate::migration!(1, "0001_instance", "migrations"),
+            crate::migration!(2, "0002_identity", "migrations"),
+        ]
     }
 
     fn routes(&self) -> ModuleRouter {
@@ -37,6 +40,8 @@ impl Module for KernelModule {
             .routes(routes!(liveness))
             .routes(routes!(readiness))
             .routes(routes!(openapi_document))
+            .merge(crate::auth::routes::router())
+            .merge(crate::partners::routes::router())
     }
 }
 

@@ -90,6 +90,11 @@ impl Application {
             None => None,
         };
 
+        let mailer: Arc<dyn crate::mail::Mailer> =
+            Arc::new(crate::mail::FileMailer::new(config.data_dir.join("mail")));
+        let auth = Arc::new(crate::auth::AuthRuntime::new(&config, &registry, mailer)?);
+        auth.revocations.load(&db).await?;
+
         let (router, mut openapi) = registry.router().split_for_parts();
         describe_api(&mut openapi);
         let openapi_json = bytes::Bytes::from(
@@ -101,6 +106,7 @@ impl Application {
             db,
             redis,
             registry,
+            auth,
             openapi_json,
             installation_id,
             node_id: uuid::Uuid::now_v7(),
@@ -176,6 +182,16 @@ impl Application {
             }
         };
         let mut server = server;
+        let sync = tokio::spawn(crate::auth::revocation::sync_forever(
+            self.state.auth.revocations.clone(),
+            self.state.db.clone(),
+            self.state
+                .config
+                .redis_url
+                .as_ref()
+                .map(|u| u.expose().to_string()),
+            crate::auth::revocation_poll(&self.state.config),
+        ));
         let stopped_at = tokio::select! {
             result = &mut server => {
                 result.context("server task failed")?.context("server failed")?;
@@ -197,6 +213,7 @@ impl Application {
                 .context("server failed")?;
             clean = stopped_at.elapsed() < grace;
         }
+        sync.abort();
         self.state.db.close().await;
         if clean {
             tracing::info!("shutdown complete");
@@ -231,6 +248,20 @@ async fn connect_redis(
 }
 
 fn describe_api(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT or keel_ API key")
+                .description(Some(
+                    "An access token from POST /api/v1/auth/login, or an API key. Scopes name the permission an operation needs.",
+                ))
+                .build(),
+        ),
+    );
     openapi.info.title = "Keel API".into();
     openapi.info.version = env!("CARGO_PKG_VERSION").into();
     openapi.info.contact = None;

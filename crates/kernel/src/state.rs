@@ -19,6 +19,8 @@ pub struct AppInner {
     pub db: Db,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub registry: Registry,
+    /// Tokens, password hashing, revocations, roles, the mailer and the key ring.
+    pub auth: Arc<crate::auth::AuthRuntime>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

@@ -36,6 +36,15 @@ impl TenantScope {
         }
     }
 
+    /// A signed-in user's scope (made by the kernel's `Principal` extractor only).
+    pub(crate) fn for_user(org_id: Uuid, partner_id: Option<Uuid>, user: Uuid) -> Self {
+        Self {
+            org_id,
+            partner_id,
+            actor: Actor::User(user),
+        }
+    }
+
     pub fn org_id(&self) -> Uuid {
         self.org_id
     }

@@ -122,6 +122,10 @@ impl TestDb {
         config.database.connect_backoff_max_ms = 200;
         config.database.acquire_timeout_ms = 2_000;
         config.http.shutdown_grace_secs = 5;
+        // Password hashing strength is not under test here; keep sign-ins fast.
+        config.auth.argon2_memory_kib = 256;
+        config.auth.argon2_iterations = 1;
+        config.auth.revocation_poll_ms = 100;
         if let Some((url, schema)) = &self.postgres {
             let url = match &self.proxy {
                 Some(proxy) => replace_host_port(url, proxy.addr()),

@@ -9,6 +9,7 @@
 pub mod context;
 pub mod error;
 pub mod extract;
+pub mod pagination;
 
 use std::sync::Arc;
 use std::time::Duration;
