@@ -100,6 +100,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    /// `[rate_limits]`: switch and per-policy overrides (`KEEL_RATE_LIMITS__ENABLED=false`).
+    pub rate_limits: crate::limits::RateLimitConfig,
 }
 
 impl Default for Config {
@@ -117,6 +119,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            rate_limits: crate::limits::RateLimitConfig::default(),
         }
     }
 }
@@ -369,6 +372,8 @@ impl Config {
                 self.log.level
             ));
         }
+        // Policy names are checked at start-up, once every module's policies are known.
+        problems.extend(self.rate_limits.value_problems());
         if self.env == Environment::Production {
             if self.jwt_secret.is_none() {
                 problems.push(
