@@ -140,6 +140,7 @@ impl RateLimitConfig {
         policies
     }
 
+    /// `backend_timeout_ms` as a duration.
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms)
     }

@@ -7,8 +7,9 @@
 //!
 //! - with Redis (the app has `KEEL_REDIS_URL`), one Lua script per decision, keyed
 //!   `keel:rl:<policy>:<key>` and timed by the Redis server's clock, so every node of a
-//!   deployment shares one allowance per key ([`redis`] backend);
-//! - without Redis, an in-process keyed `governor` limiter per policy ([`memory`] backend).
+//!   deployment shares one allowance per key (`redis.rs`, `gcra.lua`);
+//! - without Redis, an in-process keyed `governor` limiter per policy (`memory.rs`), whose
+//!   state the scheduler trims every minute with [`RateLimiter::prune`].
 //!
 //! When Redis fails, each policy's [`FailMode`] decides: refuse ([`LimitError::Unavailable`],
 //! for the auth routes, where a per-node allowance would multiply an attacker's guesses) or
@@ -56,6 +57,7 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// The configuration spelling (`ip`, `user`, `org`, `user_or_ip`, `session`).
     pub fn as_str(self) -> &'static str {
         match self {
             KeyKind::Ip => "ip",
@@ -84,10 +86,13 @@ pub struct Policy {
     pub name: Cow<'static, str>,
     /// Requests per period.
     pub limit: u32,
+    /// The window `limit` applies to; the allowance refills steadily across it.
     pub period: Duration,
     /// Requests that may pass at once from a full allowance; usually `limit`.
     pub burst: u32,
+    /// What requests are counted by.
     pub key: KeyKind,
+    /// What happens when Redis cannot decide.
     pub on_backend_failure: FailMode,
 }
 
@@ -110,6 +115,7 @@ impl Policy {
         }
     }
 
+    /// The same policy with another burst (below the limit spreads requests out).
     pub fn with_burst(mut self, burst: u32) -> Self {
         self.burst = burst;
         self
@@ -202,6 +208,7 @@ pub enum DecidedBy {
 /// `remaining == limit`, `reset_after` zero, no `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the request may proceed (else answer 429).
     pub allowed: bool,
     /// The most requests that can pass at once: the policy's burst (its limit unless
     /// configured otherwise). `RateLimit-Limit`.
@@ -214,6 +221,7 @@ pub struct Decision {
     /// When refused: a request made after this long passes (unless others spend the
     /// allowance first). `Retry-After` (see [`Decision::retry_after_secs`]).
     pub retry_after: Option<Duration>,
+    /// Which backend decided (for metrics and logs).
     pub decided_by: DecidedBy,
 }
 
@@ -452,6 +460,7 @@ impl RateLimiter {
         self.inner.fallbacks.load(Ordering::Relaxed)
     }
 
+    /// `false` when configuration switched limits off.
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled
     }

@@ -375,6 +375,8 @@ fn invalid_or_duplicate_policies_are_refused() {
 }
 
 #[test]
+// figment's Jail fixes the closure's error type.
+#[allow(clippy::result_large_err)]
 fn toml_quoted_policy_names_and_environment_overrides_load() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(
@@ -416,6 +418,8 @@ fn toml_quoted_policy_names_and_environment_overrides_load() {
 }
 
 #[test]
+// figment's Jail fixes the closure's error type.
+#[allow(clippy::result_large_err)]
 fn misspelt_override_fields_are_refused() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(
