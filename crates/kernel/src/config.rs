@@ -101,6 +101,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    /// `[rate_limits]`: switch and per-policy overrides (`KEEL_RATE_LIMITS__ENABLED=false`).
+    pub rate_limits: crate::limits::RateLimitConfig,
 }
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            rate_limits: crate::limits::RateLimitConfig::default(),
         }
     }
 }
@@ -501,6 +504,8 @@ impl Config {
                 self.log.level
             ));
         }
+        // Policy names are checked at start-up, once every module's policies are known.
+        problems.extend(self.rate_limits.value_problems());
         if self.env == Environment::Production {
             if self.jwt_secret.is_none() {
                 problems.push(

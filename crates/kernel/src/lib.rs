@@ -3,6 +3,7 @@
 //! - [`config`] — layered, validated configuration with redacted secrets;
 //! - [`store`] — one handle over SQLite or PostgreSQL, queries written once, migrations;
 //! - [`http`] — the layer stack, problem+json errors, extractors;
+//! - [`limits`] — rate-limit policies and the GCRA engine (Redis or in process);
 //! - [`module`] — the seam apps plug into;
 //! - [`server`] — start-up and graceful shutdown;
 //! - [`ops`] — liveness, readiness and the OpenAPI document;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod mail;
+pub mod limits;
 pub mod module;
 pub mod money;
 pub mod observe;
