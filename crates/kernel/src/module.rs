@@ -306,6 +306,24 @@ impl Registry {
         self.modules.iter().flat_map(|m| m.fixtures()).collect()
     }
 
+    /// Runs every fixture of every enabled module inside an organization (as a system
+    /// actor), returning what each created. For the isolation probe in tests.
+    pub async fn run_fixtures(
+        &self,
+        state: &AppState,
+        org_id: uuid::Uuid,
+    ) -> anyhow::Result<Vec<(&'static str, FixtureResource)>> {
+        let mut out = Vec::new();
+        for f in self.fixtures() {
+            let scope = TenantScope::system(org_id, "fixture");
+            let created = (f.create)(state.clone(), scope)
+                .await
+                .map_err(|e| anyhow::anyhow!("fixture {}: {e:#}", f.resource))?;
+            out.push((f.resource, created));
+        }
+        Ok(out)
+    }
+
     pub(crate) fn router(&self) -> OpenApiRouter<AppState> {
         self.modules.iter().fold(OpenApiRouter::new(), |acc, m| {
             acc.merge(m.routes().into_inner())

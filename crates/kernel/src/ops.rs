@@ -43,6 +43,10 @@ impl Module for KernelModule {
             .merge(crate::auth::routes::router())
             .merge(crate::partners::routes::router())
     }
+
+    fn fixtures(&self) -> Vec<crate::module::Fixture> {
+        kernel_fixtures()
+    }
 }
 
 /// Records this installation's identity on first start; returns it.
@@ -259,4 +263,162 @@ pub async fn openapi_document(State(state): State<AppState>) -> Response {
         state.openapi_json.clone(),
     )
         .into_response()
+}
+
+/// Sample rows of the kernel's tenant-owned resources, for the isolation probe.
+pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
+    use crate::module::{Fixture, FixtureResource};
+    use std::sync::Arc;
+    vec![
+        Fixture {
+            resource: "organization",
+            create: Arc::new(|_state, scope| {
+                Box::pin(async move {
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/orgs/{}", scope.org_id())],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "partner",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let mut tx = state.db.begin().await?;
+                    let p =
+                        crate::partners::store::insert(&mut tx, &scope, "Fixture Partner", "buyer")
+                            .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/partners/{}", p.id)],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "user",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move { fixture_user(&state, &scope).await })
+            }),
+        },
+        Fixture {
+            resource: "invitation",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    use crate::auth::store;
+                    let mut tx = state.db.begin().await?;
+                    let inviter = fixture_user_row(&mut tx, &scope).await?;
+                    let at = now();
+                    let inv = store::Invitation {
+                        id: Uuid::now_v7(),
+                        org_id: scope.org_id(),
+                        email: format!("invited-{}@fixture.example", Uuid::now_v7().simple()),
+                        role: "member".into(),
+                        partner_id: None,
+                        invited_by: inviter.id,
+                        expires_at: at + chrono::TimeDelta::days(7),
+                        accepted_at: None,
+                        revoked_at: None,
+                        created_at: at,
+                    };
+                    store::insert_invitation(&mut tx, &inv, &crate::crypto::random_token(16))
+                        .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!(
+                            "/api/v1/orgs/{}/invitations/{}",
+                            scope.org_id(),
+                            inv.id
+                        )],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "api_key",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let mut tx = state.db.begin().await?;
+                    let owner = fixture_user_row(&mut tx, &scope).await?;
+                    let id = Uuid::now_v7();
+                    let secret = crate::crypto::random_token(32);
+                    crate::auth::store::insert_api_key(
+                        &mut tx,
+                        &scope,
+                        id,
+                        owner.id,
+                        "fixture key",
+                        "keel_fixture",
+                        &crate::crypto::token_hash(&secret),
+                        &["partners.read".to_string()],
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/api-keys/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "session",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let mut tx = state.db.begin().await?;
+                    let owner = fixture_user_row(&mut tx, &scope).await?;
+                    let issued = crate::auth::service::start_session(
+                        &state,
+                        &mut tx,
+                        &owner,
+                        &crate::auth::service::Origin::default(),
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/auth/sessions/{}", issued.session_id)],
+                    })
+                })
+            }),
+        },
+    ]
+}
+
+async fn fixture_user_row(
+    tx: &mut crate::store::Tx,
+    scope: &crate::tenancy::TenantScope,
+) -> anyhow::Result<crate::auth::store::UserRow> {
+    let at = now();
+    let user = crate::auth::store::UserRow {
+        id: Uuid::now_v7(),
+        org_id: scope.org_id(),
+        email: format!("member-{}@fixture.example", Uuid::now_v7().simple()),
+        name: "Fixture Member".into(),
+        // Not a valid hash: nobody signs in as a fixture.
+        password_hash: "!".into(),
+        role: "member".into(),
+        status: "active".into(),
+        partner_id: None,
+        email_verified_at: None,
+        totp_secret: None,
+        totp_enabled: false,
+        totp_last_step: None,
+        created_at: at,
+        updated_at: at,
+        version: 1,
+    };
+    crate::auth::store::insert_user(tx, &user).await?;
+    Ok(user)
+}
+
+async fn fixture_user(
+    state: &AppState,
+    scope: &crate::tenancy::TenantScope,
+) -> anyhow::Result<crate::module::FixtureResource> {
+    let mut tx = state.db.begin().await?;
+    let user = fixture_user_row(&mut tx, scope).await?;
+    tx.commit().await?;
+    Ok(crate::module::FixtureResource {
+        paths: vec![format!("/api/v1/users/{}", user.id)],
+    })
 }

@@ -26,8 +26,6 @@ pub struct TenantScope {
 impl TenantScope {
     /// A system actor's scope inside an organization. Kernel-only: jobs, the scheduler and
     /// webhook verification make these from an organization id they recorded or verified.
-    // Used by the job runner, the scheduler and webhook verification as they arrive.
-    #[allow(dead_code)]
     pub(crate) fn system(org_id: Uuid, actor: &'static str) -> Self {
         Self {
             org_id,

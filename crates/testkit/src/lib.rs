@@ -5,6 +5,8 @@
 //! PostgreSQL (each test gets its own schema, dropped afterwards), unset runs on a temporary
 //! SQLite file. `TEST_REDIS_URL=redis://…` adds Redis. `TEST_LOG=debug` shows server logs.
 
+pub mod auth;
+pub mod isolation;
 pub mod probe;
 pub mod proxy;
 
@@ -21,6 +23,7 @@ use keel_kernel::state::AppState;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use auth::{PASSWORD, Session};
 pub use proxy::TcpProxy;
 
 /// The PostgreSQL server tests use, if any.

@@ -62,7 +62,7 @@ pub struct ApiKeyRecord {
     pub creator_partner: Option<Uuid>,
     pub permissions: Arc<BTreeSet<String>>,
     pub revoked: bool,
-    last_touched: Arc<AtomicI64>,
+    pub(crate) last_touched: Arc<AtomicI64>,
 }
 
 /// Authentication services shared by every request.
@@ -439,28 +439,4 @@ fn check_enrolment(principal: &Principal, parts: &Parts) -> Result<(), ApiError>
 /// The poll interval for revocations.
 pub fn revocation_poll(config: &Config) -> Duration {
     Duration::from_millis(config.auth.revocation_poll_ms)
-}
-
-pub(crate) fn new_api_key_record(
-    id: Uuid,
-    org_id: Uuid,
-    created_by: Uuid,
-    creator_role: String,
-    creator_active: bool,
-    creator_partner: Option<Uuid>,
-    permissions: BTreeSet<String>,
-    revoked: bool,
-    last_used: i64,
-) -> ApiKeyRecord {
-    ApiKeyRecord {
-        id,
-        org_id,
-        created_by,
-        creator_role,
-        creator_active,
-        creator_partner,
-        permissions: Arc::new(permissions),
-        revoked,
-        last_touched: Arc::new(AtomicI64::new(last_used)),
-    }
 }

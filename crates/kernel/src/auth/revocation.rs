@@ -77,7 +77,7 @@ struct Row {
 struct State {
     sessions: HashMap<Uuid, i64>,
     tokens: HashMap<Uuid, i64>,
-    /// user → (tokens issued before this unix second are refused, until)
+    /// user → (tokens issued before this unix millisecond are refused, until)
     users: HashMap<Uuid, (i64, i64)>,
     api_keys: HashMap<Uuid, i64>,
 }
@@ -117,7 +117,7 @@ impl Revocations {
             || state
                 .users
                 .get(&claims.sub)
-                .is_some_and(|(before, _)| claims.iat < *before)
+                .is_some_and(|(before, _)| claims.ims.unwrap_or(claims.iat * 1000) < *before)
     }
 
     pub fn refuses_api_key(&self, id: Uuid) -> bool {
@@ -139,7 +139,7 @@ impl Revocations {
                 state.tokens.insert(r.subject, until);
             }
             RevocationKind::UserBefore => {
-                let before = r.not_before.map_or(until, |t| t.timestamp());
+                let before = r.not_before.map_or(until * 1000, |t| t.timestamp_millis());
                 let entry = state.users.entry(r.subject).or_insert((before, until));
                 entry.0 = std::cmp::max(entry.0, before);
                 entry.1 = std::cmp::max(entry.1, until);
@@ -343,6 +343,7 @@ mod tests {
             sid,
             jti,
             iat,
+            ims: None,
             exp: iat + 900,
             iss: "keel".into(),
             aud: "keel-api".into(),
@@ -378,7 +379,9 @@ mod tests {
             Uuid::now_v7(),
             now.timestamp() - 1
         )));
-        assert!(!revs.refuses(&claims(u, Uuid::now_v7(), Uuid::now_v7(), now.timestamp())));
+        let mut later = claims(u, Uuid::now_v7(), Uuid::now_v7(), now.timestamp());
+        later.ims = Some(now.timestamp_millis() + 1);
+        assert!(!revs.refuses(&later));
     }
 
     #[test]

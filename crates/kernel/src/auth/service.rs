@@ -53,7 +53,8 @@ pub fn access_token(
     enrolment_pending: bool,
 ) -> Result<(String, u64), ApiError> {
     let ttl = state.config.auth.access_token_ttl_secs;
-    let iat = Utc::now().timestamp();
+    let issued = Utc::now();
+    let iat = issued.timestamp();
     let claims = AccessClaims {
         sub: user.id,
         org: user.org_id,
@@ -61,6 +62,7 @@ pub fn access_token(
         sid: session_id,
         jti: Uuid::now_v7(),
         iat,
+        ims: Some(issued.timestamp_millis()),
         exp: iat + i64::try_from(ttl).unwrap_or(900),
         iss: state.config.auth.issuer.clone(),
         aud: state.config.auth.audience.clone(),

@@ -149,7 +149,7 @@ pub async fn update_org(
             ("require_approval", org.require_approval.into()),
             ("require_admin_2fa", org.require_admin_2fa.into()),
             ("updated_at", now().into()),
-            ("version", Expr::col("version").add(1).into()),
+            ("version", Expr::col("version").add(1)),
         ])
         .and_where(Expr::col("id").eq(scope.org_id()))
         .to_owned();
@@ -536,6 +536,9 @@ fn select_sessions() -> SelectStatement {
         .to_owned()
 }
 
+/// Locks the session row (PostgreSQL `FOR UPDATE`; SQLite's transaction already holds the
+/// write lock), so two concurrent refreshes of one token are serialised: the second then
+/// finds the token rotated and takes the grace-window path.
 pub async fn session_by_refresh_hash(
     tx: &mut Tx,
     hash: &str,
@@ -543,6 +546,7 @@ pub async fn session_by_refresh_hash(
     tx.fetch_optional(
         &select_sessions()
             .and_where(Expr::col("refresh_hash").eq(hash))
+            .lock(sea_query::LockType::Update)
             .to_owned(),
     )
     .await
@@ -1117,8 +1121,10 @@ pub async fn api_key_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKeyRecord>
                 .expr_as(Expr::col(("u", "status")), "status")
                 .expr_as(Expr::col(("u", "partner_id")), "partner_id")
                 .from_as("api_keys", "k")
-                .inner_join(
-                    ("users", "u"),
+                .join_as(
+                    sea_query::JoinType::InnerJoin,
+                    "users",
+                    "u",
                     Expr::col(("u", "id")).equals(("k", "created_by")),
                 )
                 .and_where(Expr::col(("k", "key_hash")).eq(hash))
@@ -1128,17 +1134,19 @@ pub async fn api_key_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKeyRecord>
     Ok(row.map(|r| {
         let permissions: BTreeSet<String> =
             serde_json::from_str(&r.permissions).unwrap_or_default();
-        super::new_api_key_record(
-            r.id,
-            r.org_id,
-            r.created_by,
-            r.role,
-            r.status == "active",
-            r.partner_id,
-            permissions,
-            r.revoked_at.is_some(),
-            r.last_used_at.map_or(0, |t| t.timestamp()),
-        )
+        ApiKeyRecord {
+            id: r.id,
+            org_id: r.org_id,
+            created_by: r.created_by,
+            creator_role: r.role,
+            creator_active: r.status == "active",
+            creator_partner: r.partner_id,
+            permissions: std::sync::Arc::new(permissions),
+            revoked: r.revoked_at.is_some(),
+            last_touched: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+                r.last_used_at.map_or(0, |t| t.timestamp()),
+            )),
+        }
     }))
 }
 

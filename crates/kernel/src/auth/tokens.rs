@@ -35,6 +35,10 @@ pub struct AccessClaims {
     /// This token's id, for revoking one token.
     pub jti: Uuid,
     pub iat: i64,
+    /// Issued-at in milliseconds: lets a revocation refuse tokens issued before it within
+    /// the same second (e.g. just before a role change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ims: Option<i64>,
     pub exp: i64,
     pub iss: String,
     pub aud: String,
@@ -189,6 +193,7 @@ mod tests {
             sid: Uuid::now_v7(),
             jti: Uuid::now_v7(),
             iat: now,
+            ims: Some(now * 1000),
             exp: now + exp_in,
             iss: "keel".into(),
             aud: "keel-api".into(),

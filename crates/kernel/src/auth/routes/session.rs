@@ -147,12 +147,12 @@ pub async fn login(
             return Err(ApiError::forbidden(
                 "the account is waiting for an administrator's approval",
             )
-            .with_extra("status", "pending_approval"));
+            .with_extra("account_status", "pending_approval"));
         }
         _ => {
             tx.commit().await?;
             return Err(ApiError::forbidden("the account has been deactivated")
-                .with_extra("status", "deactivated"));
+                .with_extra("account_status", "deactivated"));
         }
     }
     if user.totp_enabled {
