@@ -113,9 +113,22 @@ impl std::fmt::Debug for Fixture {
     }
 }
 
+/// A route's rate-limit policy, as a module declared it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicy {
+    pub method: http::Method,
+    /// The route template, e.g. `/api/v1/auth/login`.
+    pub path: String,
+    pub policy: &'static str,
+}
+
 /// A module's routes. Only documented routes can be added, so the OpenAPI document and the
-/// router cannot drift apart.
-pub struct ModuleRouter(OpenApiRouter<AppState>);
+/// router cannot drift apart. Routes may name their rate-limit policy; the others fall under
+/// the default policies (`authenticated` per organization, `anonymous` per client IP).
+pub struct ModuleRouter {
+    router: OpenApiRouter<AppState>,
+    policies: Vec<RoutePolicy>,
+}
 
 impl Default for ModuleRouter {
     fn default() -> Self {
@@ -123,23 +136,76 @@ impl Default for ModuleRouter {
     }
 }
 
+fn methods_of(
+    item: &utoipa::openapi::path::PathItem,
+) -> Vec<(http::Method, &utoipa::openapi::path::Operation)> {
+    [
+        (http::Method::GET, &item.get),
+        (http::Method::PUT, &item.put),
+        (http::Method::POST, &item.post),
+        (http::Method::DELETE, &item.delete),
+        (http::Method::PATCH, &item.patch),
+        (http::Method::HEAD, &item.head),
+        (http::Method::OPTIONS, &item.options),
+    ]
+    .into_iter()
+    .filter_map(|(m, op)| op.as_ref().map(|o| (m, o)))
+    .collect()
+}
+
 impl ModuleRouter {
     pub fn new() -> Self {
-        Self(OpenApiRouter::new())
+        Self {
+            router: OpenApiRouter::new(),
+            policies: Vec::new(),
+        }
     }
 
     /// Adds routes made with `utoipa_axum::routes!(handler, …)`: each handler carries its
     /// `#[utoipa::path]` description.
-    pub fn routes(self, routes: UtoipaMethodRouter<AppState>) -> Self {
-        Self(self.0.routes(routes))
+    pub fn routes(mut self, routes: UtoipaMethodRouter<AppState>) -> Self {
+        self.router = self.router.routes(routes);
+        self
     }
 
-    pub fn merge(self, other: ModuleRouter) -> Self {
-        Self(self.0.merge(other.0))
+    /// Adds routes under a named rate-limit policy (e.g. `auth.login`). The policy is also
+    /// written into the OpenAPI operation as `x-rate-limit-policy`.
+    pub fn limited(mut self, policy: &'static str, routes: UtoipaMethodRouter<AppState>) -> Self {
+        let (schemas, mut paths, method_router) = routes;
+        for (path, item) in paths.paths.iter_mut() {
+            for (method, _) in methods_of(item) {
+                self.policies.push(RoutePolicy {
+                    method,
+                    path: path.clone(),
+                    policy,
+                });
+            }
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let ext = op.extensions.get_or_insert_with(Default::default);
+                ext.insert("x-rate-limit-policy".into(), serde_json::json!(policy));
+            }
+        }
+        self.router = self.router.routes((schemas, paths, method_router));
+        self
     }
 
-    pub(crate) fn into_inner(self) -> OpenApiRouter<AppState> {
-        self.0
+    pub fn merge(mut self, other: ModuleRouter) -> Self {
+        self.router = self.router.merge(other.router);
+        self.policies.extend(other.policies);
+        self
+    }
+
+    pub(crate) fn into_parts(self) -> (OpenApiRouter<AppState>, Vec<RoutePolicy>) {
+        (self.router, self.policies)
     }
 }
 
@@ -167,6 +233,11 @@ pub trait Module: Send + Sync + 'static {
     }
 
     fn jobs(&self) -> Vec<JobDefinition> {
+        Vec::new()
+    }
+
+    /// Rate-limit policies this module's routes name (e.g. forex `trade.forex.create`).
+    fn rate_limit_policies(&self) -> Vec<crate::limits::Policy> {
         Vec::new()
     }
 
@@ -324,9 +395,23 @@ impl Registry {
         Ok(out)
     }
 
-    pub(crate) fn router(&self) -> OpenApiRouter<AppState> {
-        self.modules.iter().fold(OpenApiRouter::new(), |acc, m| {
-            acc.merge(m.routes().into_inner())
-        })
+    /// Every enabled module's routes, and the rate-limit policy each route named.
+    pub(crate) fn router(&self) -> (OpenApiRouter<AppState>, Vec<RoutePolicy>) {
+        let mut router = OpenApiRouter::new();
+        let mut policies = Vec::new();
+        for m in self.modules.iter() {
+            let (r, p) = m.routes().into_parts();
+            router = router.merge(r);
+            policies.extend(p);
+        }
+        (router, policies)
+    }
+
+    /// The rate-limit policies modules add to the kernel's defaults.
+    pub fn rate_limit_policies(&self) -> Vec<crate::limits::Policy> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.rate_limit_policies())
+            .collect()
     }
 }

@@ -44,6 +44,19 @@ impl Module for KernelModule {
             .merge(crate::partners::routes::router())
     }
 
+    fn rate_limit_policies(&self) -> Vec<crate::limits::Policy> {
+        use crate::limits::{FailMode, KeyKind, Policy};
+        // One-time-token and second-factor endpoints: few legitimate calls, each worth
+        // guessing for an attacker.
+        vec![Policy::new(
+            "auth.recovery",
+            5,
+            std::time::Duration::from_secs(60),
+            KeyKind::Ip,
+            FailMode::FailClosed,
+        )]
+    }
+
     fn fixtures(&self) -> Vec<crate::module::Fixture> {
         kernel_fixtures()
     }

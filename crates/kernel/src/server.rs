@@ -95,7 +95,28 @@ impl Application {
         let auth = Arc::new(crate::auth::AuthRuntime::new(&config, &registry, mailer)?);
         auth.revocations.load(&db).await?;
 
-        let (router, mut openapi) = registry.router().split_for_parts();
+        let mut policies = crate::limits::default_policies();
+        policies.extend(registry.rate_limit_policies());
+        let limits =
+            crate::limits::RateLimiter::from_config(&config.rate_limits, policies, redis.clone())?;
+        let (router, route_policies) = registry.router();
+        let mut unknown = Vec::new();
+        for rp in &route_policies {
+            if limits.policy(rp.policy).is_none() {
+                unknown.push(format!(
+                    "route {} {} names unknown rate-limit policy `{}`",
+                    rp.method, rp.path, rp.policy
+                ));
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(crate::config::ConfigError { problems: unknown }.into());
+        }
+        let route_policies = route_policies
+            .into_iter()
+            .map(|rp| ((rp.method, rp.path), rp.policy))
+            .collect();
+        let (router, mut openapi) = router.split_for_parts();
         describe_api(&mut openapi);
         let openapi_json = bytes::Bytes::from(
             serde_json::to_vec(&openapi).context("cannot render the OpenAPI document")?,
@@ -106,6 +127,8 @@ impl Application {
             db,
             redis,
             registry,
+            limits,
+            route_policies,
             auth,
             openapi_json,
             installation_id,
@@ -113,6 +136,10 @@ impl Application {
             started_at: Instant::now(),
         });
         let router = router
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::limits::http::limit_requests,
+            ))
             .route_layer(axum::middleware::from_fn(http::context::record_route))
             .with_state(state.clone());
         let router = http::with_layers(router, &config);

@@ -19,6 +19,10 @@ pub struct AppInner {
     pub db: Db,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub registry: Registry,
+    /// Rate limits (in process, or shared through Redis).
+    pub limits: crate::limits::RateLimiter,
+    /// The rate-limit policy each route named, by method and route template.
+    pub route_policies: std::collections::HashMap<(http::Method, String), &'static str>,
     /// Tokens, password hashing, revocations, roles, the mailer and the key ring.
     pub auth: Arc<crate::auth::AuthRuntime>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.

@@ -43,6 +43,8 @@ pub fn redis_url() -> Option<String> {
 /// own (dropped when this value is dropped). Several apps may share one (multi-node tests).
 pub struct TestDb {
     dir: tempfile::TempDir,
+    /// Unique per database: keeps shared state (Redis keys) of parallel tests apart.
+    pub namespace: String,
     postgres: Option<(String, String)>,
     proxy: Option<TcpProxy>,
 }
@@ -83,6 +85,7 @@ impl TestDb {
         };
         Ok(Self {
             dir,
+            namespace: format!("t{}", uuid::Uuid::new_v4().simple()),
             postgres,
             proxy,
         })
@@ -129,6 +132,27 @@ impl TestDb {
         config.auth.argon2_memory_kib = 256;
         config.auth.argon2_iterations = 1;
         config.auth.revocation_poll_ms = 100;
+        // Limits stay on (their code runs in every test), keyed apart from other test
+        // databases sharing the same Redis, and generous on sign-in routes so tests that
+        // sign in often are not throttled; the rate-limit tests set their own numbers.
+        config.rate_limits.namespace = format!("{}:", self.namespace);
+        for policy in [
+            "auth.login",
+            "auth.register",
+            "auth.recovery",
+            "auth.refresh",
+            "auth.change_password",
+            "anonymous",
+            "authenticated",
+        ] {
+            config.rate_limits.policies.insert(
+                policy.to_string(),
+                keel_kernel::limits::PolicyOverride {
+                    limit: Some(100_000),
+                    ..Default::default()
+                },
+            );
+        }
         if let Some((url, schema)) = &self.postgres {
             let url = match &self.proxy {
                 Some(proxy) => replace_host_port(url, proxy.addr()),

@@ -552,6 +552,36 @@ pub async fn session_by_refresh_hash(
     .await
 }
 
+/// The session a refresh token (current or rotated away) belongs to, without locking.
+pub async fn session_of_refresh_hash(db: &Db, hash: &str) -> Result<Option<Uuid>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Id {
+        id: Uuid,
+    }
+    if let Some(s) = db
+        .fetch_optional::<Id>(
+            &Query::select()
+                .column("id")
+                .from("sessions")
+                .and_where(Expr::col("refresh_hash").eq(hash))
+                .to_owned(),
+        )
+        .await?
+    {
+        return Ok(Some(s.id));
+    }
+    Ok(db
+        .fetch_optional::<Id>(
+            &Query::select()
+                .expr_as(Expr::col("session_id"), "id")
+                .from("refresh_history")
+                .and_where(Expr::col("hash").eq(hash))
+                .to_owned(),
+        )
+        .await?
+        .map(|s| s.id))
+}
+
 /// The session a rotated-away refresh token belonged to.
 pub async fn session_by_old_refresh_hash(
     tx: &mut Tx,

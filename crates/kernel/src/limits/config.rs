@@ -35,6 +35,9 @@ pub struct RateLimitConfig {
     pub backend_timeout_ms: u64,
     /// Overrides by policy name, e.g. `[rate_limits.policies."auth.login"]`.
     pub policies: BTreeMap<String, PolicyOverride>,
+    /// Prefix for every limit key, so deployments (or test runs) sharing one Redis keep
+    /// separate allowances. Empty by default.
+    pub namespace: String,
 }
 
 impl Default for RateLimitConfig {
@@ -43,6 +46,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             backend_timeout_ms: DEFAULT_BACKEND_TIMEOUT_MS,
             policies: BTreeMap::new(),
+            namespace: String::new(),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! `RateLimit-*` and `Retry-After` headers.
 
 mod config;
+pub mod http;
 mod memory;
 mod redis;
 

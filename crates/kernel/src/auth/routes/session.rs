@@ -350,6 +350,7 @@ pub struct RefreshRequest {
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
+    ip: axum::Extension<ClientIp>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
@@ -365,6 +366,26 @@ pub async fn refresh(
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(|| ApiError::invalid_field("refresh_token", "is required"))?;
     let hash = token_hash(&token);
+    // The `auth.refresh` limit counts per session once the token names one; unknown tokens
+    // count against the client address.
+    let ns = &state.config.rate_limits.namespace;
+    let limit_key = match store::session_of_refresh_hash(&state.db, &hash).await? {
+        Some(sid) => format!("{ns}session:{sid}"),
+        None => format!("{ns}ip:{}", ip.0.0),
+    };
+    let decision = match crate::limits::http::check(&state, "auth.refresh", &limit_key).await {
+        Ok(d) => d,
+        Err(refused) => return Ok(refused),
+    };
+    let mut response = refresh_session(&state, &token, &hash).await?;
+    crate::limits::http::add_headers(&mut response, &decision);
+    Ok(response)
+}
+
+async fn refresh_session(state: &AppState, token: &str, hash: &str) -> ApiResult<Response> {
+    let state = state.clone();
+    let token = token.to_string();
+    let hash = hash.to_string();
     let cfg = &state.config.auth;
     let at = now();
     let mut tx = state.db.begin().await?;
