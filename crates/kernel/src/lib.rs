@@ -7,13 +7,15 @@
 //! - [`server`] — start-up and graceful shutdown;
 //! - [`ops`] — liveness, readiness and the OpenAPI document;
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
-//! - [`observe`] — logging.
+//! - [`observe`] — logging;
+//! - [`redact`] — masking of personal data and secrets in every log line.
 
 pub mod config;
 pub mod http;
 pub mod module;
 pub mod observe;
 pub mod ops;
+pub mod redact;
 pub mod server;
 pub mod state;
 pub mod store;
