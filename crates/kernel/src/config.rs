@@ -199,13 +199,15 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[log]`: log level filter and format.
+/// `[log]`: log level filter, format and redaction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter, e.g. `info,keel_kernel=debug`. `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
+    /// `[log.redaction]`: masking of personal data and secrets in log lines (on by default).
+    pub redaction: crate::redact::RedactionConfig,
 }
 
 impl Default for LogConfig {
@@ -213,6 +215,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Auto,
+            redaction: crate::redact::RedactionConfig::default(),
         }
     }
 }
@@ -289,7 +292,9 @@ impl Default for AuthConfig {
 }
 
 /// Accepts either a TOML/JSON list or a comma-separated string (as environment variables are).
-fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn string_or_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -506,6 +511,10 @@ impl Config {
         }
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
+        // Building the redactor here means logging cannot fail to start for a bad name later.
+        if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
+            problems.push(e.to_string());
+        }
         if self.env == Environment::Production {
             if self.jwt_secret.is_none() {
                 problems.push(
@@ -756,6 +765,47 @@ mod tests {
         assert_eq!(
             config.cors_origins,
             vec!["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn log_redaction_settings_load_from_a_list_or_a_comma_separated_string() {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default(
+                "log.redaction.extra_fields",
+                "salary, passport_no",
+            ))
+            .merge(Serialized::default("log.redaction.hash_identifiers", true))
+            .extract()
+            .expect("extract");
+        assert!(config.log.redaction.enabled, "on unless switched off");
+        assert!(config.log.redaction.hash_identifiers);
+        assert_eq!(
+            config.log.redaction.extra_fields,
+            vec!["salary", "passport_no"]
+        );
+        assert!(config.validate().is_ok());
+
+        let unknown = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default("log.redaction.mask_ips", false))
+            .extract::<Config>();
+        assert!(unknown.is_err(), "unknown redaction keys are refused");
+
+        let bad = Config {
+            log: LogConfig {
+                redaction: crate::redact::RedactionConfig {
+                    extra_fields: vec!["no spaces".into()],
+                    ..Default::default()
+                },
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        let err = bad.validate().expect_err("refused");
+        assert!(
+            err.problems[0].starts_with("log.redaction.extra_fields"),
+            "{:?}",
+            err.problems
         );
     }
 

@@ -10,7 +10,8 @@
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
-//! - [`observe`] — logging.
+//! - [`observe`] — logging;
+//! - [`redact`] — masking of personal data and secrets in every log line.
 
 pub mod auth;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod money;
 pub mod observe;
 pub mod ops;
 pub mod partners;
+pub mod redact;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -1,46 +1,110 @@
 //! Logging: JSON lines in production, readable lines in development (configurable), filtered
 //! by `log.level` or `RUST_LOG`. Each request's span carries its request id, method and route
 //! template, so every line a request writes can be correlated.
+//!
+//! Every line passes through the [`redact`](crate::redact) layer before it is written, so
+//! personal data and secrets never reach the output; `log.redaction` configures it.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, parse_encryption_key};
+use crate::redact::{
+    LineFormat, RedactError, RedactingMakeWriter, Redactor, hash_key_from_encryption_key,
+};
 
-/// Installs the global subscriber. Returns false if one was already installed (tests).
+/// Installs the global subscriber. Returns false if one was already installed (tests), or if
+/// the redactor cannot be built — logging then stays off rather than write unmasked data
+/// (a validated configuration always builds one).
 pub fn init_logging(config: &Config) -> bool {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let layer = match log_layer(config, std::io::stdout, std::io::stdout().is_terminal()) {
+        Ok(layer) => layer,
+        Err(e) => {
+            eprintln!("keel: logging is off: {e}");
+            return false;
+        }
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init()
+        .is_ok();
+    if installed {
+        let redaction = &config.log.redaction;
+        if !redaction.enabled {
+            tracing::warn!(
+                "log redaction is off (log.redaction.enabled = false): personal data and secrets are written as they are"
+            );
+        } else if redaction.hash_identifiers && config.encryption_key.is_none() {
+            tracing::warn!(
+                "log.redaction.hash_identifiers needs an encryption_key; identifiers are masked instead"
+            );
+        }
+    }
+    installed
+}
+
+/// The formatting layer `init_logging` installs — JSON or development format per
+/// `log.format` — writing through the redactor into `make_writer`. Public so tests can run
+/// the exact stack into a buffer.
+pub fn log_layer<S, W>(
+    config: &Config,
+    make_writer: W,
+    ansi: bool,
+) -> Result<Box<dyn Layer<S> + Send + Sync + 'static>, RedactError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let redactor = redactor(config)?;
     let json = match config.log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => config.is_production(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_target(true),
-            )
-            .try_init()
+    Ok(if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .with_writer(RedactingMakeWriter::new(
+                make_writer,
+                redactor,
+                LineFormat::Json,
+            ))
+            .boxed()
     } else {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_target(false)
-                    .with_ansi(std::io::stdout().is_terminal()),
-            )
-            .try_init()
-    };
-    result.is_ok()
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(RedactingMakeWriter::new(
+                make_writer,
+                redactor,
+                LineFormat::Text,
+            ))
+            .boxed()
+    })
+}
+
+/// The redactor for this configuration. Its hash-mode key is derived from
+/// `encryption_key`; without one, identifiers are masked rather than hashed.
+pub fn redactor(config: &Config) -> Result<Redactor, RedactError> {
+    let hash_key = config
+        .encryption_key
+        .as_ref()
+        .and_then(|k| parse_encryption_key(k.expose()))
+        .map(|k| hash_key_from_encryption_key(&k));
+    Redactor::new(&config.log.redaction, hash_key)
 }

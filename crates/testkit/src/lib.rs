@@ -407,6 +407,7 @@ fn init_test_logging() {
             log: keel_kernel::config::LogConfig {
                 level,
                 format: keel_kernel::config::LogFormat::Pretty,
+                ..Default::default()
             },
             ..Config::default()
         };
