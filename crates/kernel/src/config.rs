@@ -180,6 +180,13 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<String>,
     /// Compress responses (gzip, brotli) when the client accepts it.
     pub compression: bool,
+    /// Requests handled at once by this node; more are answered 503 at once instead of
+    /// queueing without bound (`/health` and `/metrics` are exempt). 0 = no cap.
+    pub max_in_flight: usize,
+    /// Longest request target (path and query) accepted; longer answers 414.
+    pub max_url_bytes: usize,
+    /// Largest request head (request line and headers); larger answers 431.
+    pub max_header_bytes: usize,
     /// TLS termination in the binary (both paths set = HTTPS).
     pub tls_cert_path: Option<PathBuf>,
     pub tls_key_path: Option<PathBuf>,
@@ -193,6 +200,9 @@ impl Default for HttpConfig {
             shutdown_grace_secs: 30,
             trusted_proxies: Vec::new(),
             compression: true,
+            max_in_flight: 4096,
+            max_url_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
             tls_cert_path: None,
             tls_key_path: None,
         }
@@ -417,6 +427,12 @@ impl Config {
         }
         if self.http.body_limit_bytes == 0 {
             problems.push("http.body_limit_bytes: must be greater than 0".into());
+        }
+        if self.http.max_url_bytes < 256 {
+            problems.push("http.max_url_bytes: must be at least 256".into());
+        }
+        if self.http.max_header_bytes < 8192 {
+            problems.push("http.max_header_bytes: must be at least 8192".into());
         }
         if self.http.request_timeout_secs == 0 {
             problems.push("http.request_timeout_secs: must be greater than 0".into());

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod idempotency;
 pub mod limits;
 pub mod mail;
 pub mod module;

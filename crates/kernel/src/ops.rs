@@ -32,6 +32,7 @@ impl Module for KernelModule {
         vec![
             crate::migration!(1, "0001_instance", "migrations"),
             crate::migration!(2, "0002_identity", "migrations"),
+            crate::migration!(4, "0004_idempotency", "migrations"),
         ]
     }
 

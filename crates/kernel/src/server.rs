@@ -138,6 +138,10 @@ impl Application {
         let router = router
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
+                crate::idempotency::idempotency,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
                 crate::limits::http::limit_requests,
             ))
             .route_layer(axum::middleware::from_fn(http::context::record_route))
@@ -193,6 +197,7 @@ impl Application {
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let max_head = self.state.config.http.max_header_bytes;
         tracing::info!(
             address = %self.local_addr,
             "keel listening on {scheme}://{}",
@@ -200,11 +205,13 @@ impl Application {
         );
         let server = match self.tls {
             Some(tls) => {
-                let server = axum_server::from_tcp_rustls(self.listener, tls)?;
+                let mut server = axum_server::from_tcp_rustls(self.listener, tls)?;
+                server.http_builder().http1().max_buf_size(max_head);
                 tokio::spawn(server.handle(handle.clone()).serve(make_service))
             }
             None => {
-                let server = axum_server::from_tcp(self.listener)?;
+                let mut server = axum_server::from_tcp(self.listener)?;
+                server.http_builder().http1().max_buf_size(max_head);
                 tokio::spawn(server.handle(handle.clone()).serve(make_service))
             }
         };

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use tracing::Instrument;
 
@@ -38,6 +39,7 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Debug, Clone)]
 pub struct ContextSettings {
     pub trusted_proxies: Arc<Vec<IpNet>>,
+    pub max_url_bytes: usize,
 }
 
 fn sane_request_id(value: &HeaderValue) -> Option<&str> {
@@ -115,7 +117,21 @@ pub async fn request_context(
         org = tracing::field::Empty,
         user = tracing::field::Empty,
     );
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let url_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let mut response = if url_len > settings.max_url_bytes {
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "/problems/uri-too-long",
+            "URI too long",
+        )
+        .detail(format!(
+            "the request target is {url_len} bytes; at most {} are accepted",
+            settings.max_url_bytes
+        ))
+        .into_response()
+    } else {
+        next.run(req).instrument(span.clone()).await
+    };
 
     let status = response.status();
     let deliberate = response.extensions().get::<DeliberateBody>().is_some();

@@ -34,7 +34,9 @@ use crate::config::Config;
 pub fn with_layers(router: Router, config: &Config) -> Router {
     let settings = context::ContextSettings {
         trusted_proxies: Arc::new(config.trusted_proxies()),
+        max_url_bytes: config.http.max_url_bytes,
     };
+    let shed = LoadShed::new(config.http.max_in_flight);
     let production = config.is_production();
     let router = router
         .fallback(no_route)
@@ -48,6 +50,7 @@ pub fn with_layers(router: Router, config: &Config) -> Router {
         .layer(axum::middleware::map_response(move |r: Response| {
             security_headers(r, production)
         }))
+        .layer(axum::middleware::from_fn_with_state(shed, shed_load))
         .layer(axum::middleware::from_fn_with_state(
             settings,
             context::request_context,
@@ -57,6 +60,58 @@ pub fn with_layers(router: Router, config: &Config) -> Router {
     } else {
         router
     }
+}
+
+/// Counts requests in flight on this node.
+#[derive(Debug, Clone)]
+pub struct LoadShed {
+    max: usize,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    shed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LoadShed {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            in_flight: Arc::default(),
+            shed: Arc::default(),
+        }
+    }
+}
+
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Above the cap, answer 503 at once: queueing without bound only turns overload into
+/// timeouts for everyone. Health and metrics stay reachable so operators can see why.
+async fn shed_load(
+    axum::extract::State(shed): axum::extract::State<LoadShed>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use std::sync::atomic::Ordering;
+    let path = req.uri().path();
+    if shed.max == 0 || path == "/metrics" || path == "/health" || path.starts_with("/health/") {
+        return next.run(req).await;
+    }
+    let now = shed.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    let guard = InFlight(shed.in_flight.clone());
+    if now > shed.max {
+        drop(guard);
+        shed.shed.fetch_add(1, Ordering::Relaxed);
+        return ApiError::service_unavailable("the server is at capacity; retry shortly")
+            .with_header(header::RETRY_AFTER, 1)
+            .into_response();
+    }
+    let response = next.run(req).await;
+    drop(guard);
+    response
 }
 
 async fn no_route() -> ApiError {
