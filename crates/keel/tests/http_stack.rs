@@ -450,6 +450,7 @@ async fn the_openapi_document_and_the_routes_agree() {
         ("/health", "GET"),
         ("/health/ready", "GET"),
         ("/api/openapi.json", "GET"),
+        ("/metrics", "GET"),
         ("/api/v1/test/echo", "POST"),
         ("/api/v1/test/slow", "GET"),
         ("/api/v1/test/panic", "GET"),
@@ -487,4 +488,68 @@ async fn the_openapi_document_and_the_routes_agree() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_not_raw_path() {
+    let app = TestApp::spawn().await;
+    let id = uuid::Uuid::now_v7();
+    app.get(&format!("/api/v1/test/items/{id}")).await;
+    app.get("/health").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("text");
+    assert!(text.contains("keel_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/api/v1/test/items/{id}\""), "{text}");
+    assert!(
+        !text.contains(&id.to_string()),
+        "raw ids must never become labels"
+    );
+    assert!(
+        text.contains("keel_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("keel_db_pool_connections"), "{text}");
+}
+
+#[tokio::test]
+async fn a_metrics_token_protects_the_endpoint() {
+    let app = TestApp::builder()
+        .configure(|c| c.metrics.token = Some(keel_kernel::config::Secret::new("scrape-me-please")))
+        .spawn()
+        .await
+        .expect("spawn");
+    assert_eq!(app.get("/metrics").await.status(), StatusCode::UNAUTHORIZED);
+    let ok = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-me-please")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_docs_ui_is_served_from_the_binary_and_reads_the_document() {
+    let app = TestApp::spawn().await;
+    let page = app.get("/api/docs/").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.expect("html");
+    assert!(html.to_lowercase().contains("swagger"), "{html}");
+    let init = app
+        .get("/api/docs/swagger-initializer.js")
+        .await
+        .text()
+        .await
+        .expect("js");
+    assert!(init.contains("/api/openapi.json"), "{init}");
+    assert!(init.contains("persistAuthorization"), "{init}");
 }

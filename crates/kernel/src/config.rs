@@ -101,6 +101,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub metrics: MetricsConfig,
     /// `[rate_limits]`: switch and per-policy overrides (`KEEL_RATE_LIMITS__ENABLED=false`).
     pub rate_limits: crate::limits::RateLimitConfig,
 }
@@ -121,6 +122,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            metrics: MetricsConfig::default(),
             rate_limits: crate::limits::RateLimitConfig::default(),
         }
     }
@@ -228,6 +230,15 @@ impl Default for LogConfig {
             redaction: crate::redact::RedactionConfig::default(),
         }
     }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`
+    /// (`KEEL_METRICS__TOKEN`).
+    pub token: Option<Secret>,
 }
 
 /// `[auth]`: tokens, sessions, brute-force protection and password hashing.

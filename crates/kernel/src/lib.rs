@@ -20,6 +20,7 @@ pub mod http;
 pub mod idempotency;
 pub mod limits;
 pub mod mail;
+pub mod metrics;
 pub mod module;
 pub mod money;
 pub mod observe;

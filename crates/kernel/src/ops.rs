@@ -41,6 +41,7 @@ impl Module for KernelModule {
             .routes(routes!(liveness))
             .routes(routes!(readiness))
             .routes(routes!(openapi_document))
+            .routes(routes!(crate::metrics::prometheus))
             .merge(crate::auth::routes::router())
             .merge(crate::partners::routes::router())
     }

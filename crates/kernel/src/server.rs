@@ -145,7 +145,9 @@ impl Application {
                 crate::limits::http::limit_requests,
             ))
             .route_layer(axum::middleware::from_fn(http::context::record_route))
-            .with_state(state.clone());
+            .route_layer(axum::middleware::from_fn(crate::metrics::track))
+            .with_state(state.clone())
+            .merge(docs_router());
         let router = http::with_layers(router, &config);
 
         let addr = config.listen_addr()?;
@@ -216,6 +218,8 @@ impl Application {
             }
         };
         let mut server = server;
+        crate::metrics::handle();
+        let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
         let sync = tokio::spawn(crate::auth::revocation::sync_forever(
             self.state.auth.revocations.clone(),
             self.state.db.clone(),
@@ -248,6 +252,7 @@ impl Application {
             clean = stopped_at.elapsed() < grace;
         }
         sync.abort();
+        upkeep.abort();
         self.state.db.close().await;
         if clean {
             tracing::info!("shutdown complete");
@@ -279,6 +284,30 @@ async fn connect_redis(
         })
         .await
         .context("could not connect to Redis")
+}
+
+/// The interactive API documentation at `/api/docs` (Swagger UI, served from the binary —
+/// nothing is fetched at build or view time). It reads `/api/openapi.json` and keeps the
+/// bearer token across reloads.
+fn docs_router() -> Router {
+    use utoipa_swagger_ui::{Config as UiConfig, SwaggerUi};
+    let ui = SwaggerUi::new("/api/docs").config(
+        UiConfig::new(["/api/openapi.json"])
+            .persist_authorization(true)
+            .try_it_out_enabled(true),
+    );
+    Router::from(ui).layer(axum::middleware::map_response(
+        |mut r: axum::response::Response| async move {
+            // The UI needs its own scripts and styles; everything else keeps `default-src 'none'`.
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                axum::http::HeaderValue::from_static(
+                    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+                ),
+            );
+            r
+        },
+    ))
 }
 
 fn describe_api(openapi: &mut utoipa::openapi::OpenApi) {

@@ -105,6 +105,7 @@ async fn shed_load(
     if now > shed.max {
         drop(guard);
         shed.shed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("keel_http_requests_shed_total").increment(1);
         return ApiError::service_unavailable("the server is at capacity; retry shortly")
             .with_header(header::RETRY_AFTER, 1)
             .into_response();

@@ -74,6 +74,13 @@ pub fn refusal(policy: &str, result: &Result<Decision, LimitError>) -> Response 
 /// Checks `policy` for `key`; `Ok(decision)` when allowed, else the refusal response.
 pub async fn check(state: &AppState, policy: &str, key: &str) -> Result<Decision, Response> {
     let result = state.limits.check(policy, key).await;
+    let outcome = match &result {
+        Ok(d) if d.allowed => "allowed",
+        Ok(_) => "refused",
+        Err(_) => "unavailable",
+    };
+    metrics::counter!("keel_rate_limit_decisions_total", "policy" => policy.to_string(), "outcome" => outcome)
+        .increment(1);
     match &result {
         Ok(d) if d.allowed => Ok(*d),
         _ => Err(refusal(policy, &result)),
