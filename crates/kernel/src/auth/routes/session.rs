@@ -179,6 +179,7 @@ pub async fn login(
             .into_response());
     }
     let issued = service::start_session(&state, &mut tx, &user, &origin).await?;
+    metrics::counter!("keel_auth_events_total", "event" => "login").increment(1);
     tx.commit().await?;
     Ok(token_response(&state, issued, user.into()))
 }
@@ -243,6 +244,13 @@ async fn failed_login(
         serde_json::json!({ "failures": account.failures }),
     )
     .await?;
+    metrics::counter!("keel_auth_events_total", "event" => "login_failed").increment(1);
+    if account.just_locked {
+        metrics::counter!("keel_auth_events_total", "event" => "account_locked").increment(1);
+    }
+    if by_ip.just_locked {
+        metrics::counter!("keel_auth_events_total", "event" => "ip_blocked").increment(1);
+    }
     if account.just_locked {
         store::security_event_tx(
             &mut tx,
@@ -327,6 +335,7 @@ pub async fn login_totp(
         return Err(ApiError::forbidden("the account is not active"));
     }
     let issued = service::start_session(&state, &mut tx, &user, &origin).await?;
+    metrics::counter!("keel_auth_events_total", "event" => "login").increment(1);
     tx.commit().await?;
     Ok(token_response(&state, issued, user.into()))
 }
@@ -477,6 +486,7 @@ async fn refresh_session(state: &AppState, token: &str, hash: &str) -> ApiResult
     tx.commit().await?;
     service::broadcast(&state, &revoked).await;
     tracing::warn!(session_id = %session.id, "refresh token reuse: session revoked");
+    metrics::counter!("keel_auth_events_total", "event" => "refresh_reuse").increment(1);
     Err(ApiError::unauthorized(
         "this refresh token was already used; the session has been revoked for safety",
     )
