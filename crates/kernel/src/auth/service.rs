@@ -111,6 +111,27 @@ pub async fn start_session(
     })
 }
 
+/// Tokens for an existing session after a refresh: a new access token (with the user's
+/// current role) and the given refresh token.
+pub async fn reissue(
+    state: &AppState,
+    tx: &mut Tx,
+    user: &UserRow,
+    session_id: Uuid,
+    refresh_token: String,
+) -> Result<IssuedTokens, ApiError> {
+    let pending = enrolment_pending(tx, user).await?;
+    let (access, expires_in) = access_token(state, user, session_id, pending)?;
+    Ok(IssuedTokens {
+        access_token: access,
+        refresh_token,
+        expires_in,
+        session_id,
+        csrf_token: state.auth.keys.csrf_token(session_id),
+        enrolment_pending: pending,
+    })
+}
+
 /// Ends sessions (and their access tokens) inside `tx`; returns the revocations to broadcast
 /// after commit.
 pub async fn revoke_sessions(

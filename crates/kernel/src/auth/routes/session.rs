@@ -417,17 +417,8 @@ async fn refresh_session(state: &AppState, token: &str, hash: &str) -> ApiResult
         if !store::rotate_session(&mut tx, session.id, &hash, &token_hash(&child), expires).await? {
             return Err(unauthorized());
         }
-        let pending = service::enrolment_pending(&mut tx, &user).await?;
-        let (access, expires_in) = service::access_token(&state, &user, session.id, pending)?;
+        let issued = service::reissue(&state, &mut tx, &user, session.id, child).await?;
         tx.commit().await?;
-        let issued = IssuedTokens {
-            access_token: access,
-            refresh_token: child,
-            expires_in,
-            session_id: session.id,
-            csrf_token: state.auth.keys.csrf_token(session.id),
-            enrolment_pending: pending,
-        };
         return Ok(token_response(&state, issued, user.into()));
     }
 
@@ -451,17 +442,8 @@ async fn refresh_session(state: &AppState, token: &str, hash: &str) -> ApiResult
         if user.status != "active" {
             return Err(unauthorized());
         }
-        let pending = service::enrolment_pending(&mut tx, &user).await?;
-        let (access, expires_in) = service::access_token(&state, &user, session.id, pending)?;
+        let issued = service::reissue(&state, &mut tx, &user, session.id, child).await?;
         tx.commit().await?;
-        let issued = IssuedTokens {
-            access_token: access,
-            refresh_token: child,
-            expires_in,
-            session_id: session.id,
-            csrf_token: state.auth.keys.csrf_token(session.id),
-            enrolment_pending: pending,
-        };
         return Ok(token_response(&state, issued, user.into()));
     }
     // Reuse of a rotated token: someone else holds this session's tokens. End it.
