@@ -7,10 +7,12 @@
 //! - [`server`] — start-up and graceful shutdown;
 //! - [`ops`] — liveness, readiness and the OpenAPI document;
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
+//! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`observe`] — logging.
 
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod module;
 pub mod observe;
 pub mod ops;

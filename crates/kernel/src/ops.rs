@@ -1,5 +1,5 @@
 //! The kernel's own module: operational routes (liveness, readiness, the OpenAPI document)
-//! and the kernel's migrations.
+//! and the kernel's migrations (the installation record; jobs and the scheduler).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,7 +29,10 @@ impl Module for KernelModule {
     }
 
     fn migrations(&self) -> Vec<Migration> {
-        vec![crate::migration!(1, "0001_instance", "migrations")]
+        vec![
+            crate::migration!(1, "0001_instance", "migrations"),
+            crate::migration!(3, "0003_jobs", "migrations"),
+        ]
     }
 
     fn routes(&self) -> ModuleRouter {

@@ -26,14 +26,20 @@ pub struct TenantScope {
 impl TenantScope {
     /// A system actor's scope inside an organization. Kernel-only: jobs, the scheduler and
     /// webhook verification make these from an organization id they recorded or verified.
-    // Used by the job runner, the scheduler and webhook verification as they arrive.
-    #[allow(dead_code)]
     pub(crate) fn system(org_id: Uuid, actor: &'static str) -> Self {
         Self {
             org_id,
             partner_id: None,
             actor: Actor::System(actor),
         }
+    }
+
+    /// A scope inside `org_id` for tests, which have no verified principal to make one from.
+    /// Only in builds with the `testing` feature (enabled by the test kit).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn for_tests(org_id: Uuid) -> Self {
+        Self::system(org_id, "test")
     }
 
     pub fn org_id(&self) -> Uuid {

@@ -122,6 +122,15 @@ impl TestDb {
         config.database.connect_backoff_max_ms = 200;
         config.database.acquire_timeout_ms = 2_000;
         config.http.shutdown_grace_secs = 5;
+        // Short job and scheduler knobs, so failures and take-overs happen within a test.
+        config.jobs.poll_interval_ms = 50;
+        config.jobs.lease_ms = 500;
+        config.jobs.heartbeat_interval_ms = 100;
+        config.jobs.backoff_base_ms = 10;
+        config.jobs.backoff_cap_ms = 50;
+        config.jobs.shutdown_grace_ms = 3_000;
+        config.scheduler.lease_ms = 500;
+        config.scheduler.tick_resolution_ms = 50;
         if let Some((url, schema)) = &self.postgres {
             let url = match &self.proxy {
                 Some(proxy) => replace_host_port(url, proxy.addr()),
@@ -336,7 +345,10 @@ impl TestApp {
                 Ok(Err(e)) => panic!("server failed: {e:#}"),
                 Err(e) => panic!("server task panicked: {e}"),
             },
-            None => ShutdownReport { clean: true },
+            None => ShutdownReport {
+                clean: true,
+                jobs_released: 0,
+            },
         }
     }
 
@@ -349,6 +361,19 @@ impl TestApp {
 
     pub async fn join(mut self) -> ShutdownReport {
         self.stop_inner().await
+    }
+
+    /// Stops the server as a crash would: its tasks (HTTP, job workers, scheduler) are
+    /// dropped mid-flight, nothing is released or handed on. Its database handle stays open
+    /// in `state` until the `TestApp` is dropped.
+    pub async fn kill(&mut self) {
+        // Abort before dropping the shutdown sender: a dropped sender would start a graceful
+        // shutdown.
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.shutdown.take();
     }
 }
 
