@@ -122,10 +122,13 @@ impl TestDb {
         config.database.connect_backoff_max_ms = 200;
         config.database.acquire_timeout_ms = 2_000;
         config.http.shutdown_grace_secs = 5;
-        // Short job and scheduler knobs, so failures and take-overs happen within a test.
+        // Short job and scheduler knobs, so failures and take-overs happen within a test. The
+        // job lease stays above the stalls a loaded CI machine shows (SQLite's write lock,
+        // disk flushes): a live worker that cannot renew in time loses its job by design.
+        // Tests about lease expiry shorten it.
         config.jobs.poll_interval_ms = 50;
-        config.jobs.lease_ms = 500;
-        config.jobs.heartbeat_interval_ms = 100;
+        config.jobs.lease_ms = 2_000;
+        config.jobs.heartbeat_interval_ms = 500;
         config.jobs.backoff_base_ms = 10;
         config.jobs.backoff_cap_ms = 50;
         config.jobs.shutdown_grace_ms = 3_000;

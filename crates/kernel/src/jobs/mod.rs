@@ -46,7 +46,7 @@
 //!
 //! // In the app's `Module`:
 //! fn jobs(&self) -> Vec<JobDefinition> {
-//!     vec![JobDefinition::new::<ExtractDocument, _, _, _>(extract)
+//!     vec![JobDefinition::new(extract) // the payload type comes from `extract`'s signature
 //!         .queue("ocr")
 //!         .max_attempts(5)
 //!         .time_limit(std::time::Duration::from_secs(120))]

@@ -4,7 +4,11 @@
 //! Each queue has one dispatcher that claims up to its free slots in one query and runs each
 //! job in a task of its own, so a queue's concurrency is exactly its number of slots and a
 //! slow queue never holds another's. A dispatcher sleeps until a job of its queue is enqueued
-//! in this process, a slot frees up, or its poll interval passes.
+//! in this process, a slot frees up, or its poll interval passes. On SQLite, outcomes go
+//! through one recorder task that writes whatever has queued up in one transaction (group
+//! commit: one disk flush for many jobs, and no fight among writers for the database's one
+//! write lock); on PostgreSQL, where writers do not exclude each other, each job writes its
+//! own. Either way a job waits until its own outcome is stored.
 //!
 //! Shutdown ([`Runtime::shutdown`]): stop claiming, let running jobs finish within
 //! `jobs.shutdown_grace_ms`, then stop the rest and release them (back to `queued`, lease
@@ -19,7 +23,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::FutureExt as _;
 use rand::Rng as _;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -27,6 +31,7 @@ use uuid::Uuid;
 
 use super::store::{self, Claimed, Outcome};
 use super::{JobContext, JobError, Jobs, scheduler};
+use crate::config::DatabaseKind;
 use crate::state::AppState;
 use crate::store::{Db, now};
 use crate::tenancy::TenantScope;
@@ -120,6 +125,15 @@ impl Runtime {
             Vec::new()
         };
         let running: RunningJobs = Arc::default();
+        let recorder = match state.db.kind() {
+            DatabaseKind::Sqlite if !queues.is_empty() => {
+                let (sender, outcomes) = mpsc::channel(RECORDER_QUEUE);
+                // Ends when the last dispatcher (and with it the last sender) is gone.
+                background.spawn(record_outcomes(state.db.clone(), outcomes));
+                Recorder(Some(sender))
+            }
+            _ => Recorder(None),
+        };
         for queue in &queues {
             let concurrency = config.concurrency_of(queue) as usize;
             tracing::info!(
@@ -136,6 +150,7 @@ impl Runtime {
                 concurrency,
                 wake: jobs.waker(queue),
                 running: running.clone(),
+                recorder: recorder.clone(),
                 stop: stop.subscribe(),
             };
             dispatchers.spawn(dispatcher.run());
@@ -207,6 +222,7 @@ struct Dispatcher {
     concurrency: usize,
     wake: Option<Arc<Notify>>,
     running: RunningJobs,
+    recorder: Recorder,
     stop: watch::Receiver<Option<Instant>>,
 }
 
@@ -231,6 +247,11 @@ impl Dispatcher {
         loop {
             if self.stop.borrow().is_some() {
                 break;
+            }
+            // Reap every finished task first: a finished but unjoined task still counts in
+            // the set, and claiming for all freed slots at once batches the claims.
+            while let Some(joined) = executors.try_join_next_with_id() {
+                self.forget(&mut tasks, joined);
             }
             let free = self.concurrency.saturating_sub(executors.len());
             if claim_now && free > 0 {
@@ -317,6 +338,7 @@ impl Dispatcher {
             self.state.clone(),
             self.jobs.clone(),
             self.running.clone(),
+            self.recorder.clone(),
             job,
             token,
         )
@@ -419,7 +441,14 @@ pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 }
 
 /// Runs one claimed job and records its outcome.
-async fn execute(state: AppState, jobs: Jobs, running: RunningJobs, job: Claimed, token: Uuid) {
+async fn execute(
+    state: AppState,
+    jobs: Jobs,
+    running: RunningJobs,
+    recorder: Recorder,
+    job: Claimed,
+    token: Uuid,
+) {
     let attempt = u32::try_from(job.attempts).unwrap_or(1).max(1);
     let max_attempts = u32::try_from(job.max_attempts).unwrap_or(1).max(1);
     let config = jobs.config();
@@ -447,7 +476,15 @@ async fn execute(state: AppState, jobs: Jobs, running: RunningJobs, job: Claimed
                 Ok(Ok(Err(JobError::Permanent(e)))) => {
                     let error = format!("{e:#}");
                     tracing::warn!(error = error.as_str(), "job failed permanently");
-                    record(&state.db, &running, job.id, token, Outcome::Failed(error)).await;
+                    record(
+                        &state.db,
+                        &recorder,
+                        &running,
+                        job.id,
+                        token,
+                        Outcome::Failed(error),
+                    )
+                    .await;
                     return;
                 }
                 Ok(Ok(Err(JobError::Retry(e)))) => Err(format!("{e:#}")),
@@ -486,17 +523,89 @@ async fn execute(state: AppState, jobs: Jobs, running: RunningJobs, job: Claimed
             Outcome::Retry { error, retry_at }
         }
     };
-    record(&state.db, &running, job.id, token, outcome).await;
+    record(&state.db, &recorder, &running, job.id, token, outcome).await;
 }
 
-/// Writes an outcome, retrying briefly: losing it would run the job again after its lease.
-async fn record(db: &Db, running: &RunningJobs, id: Uuid, token: Uuid, outcome: Outcome) {
+/// Outcomes waiting for the recorder, at most (executors wait beyond that).
+const RECORDER_QUEUE: usize = 1024;
+/// Outcomes written in one transaction, at most.
+const RECORDER_BATCH: usize = 256;
+
+/// An outcome to store, and where to say whether it was.
+struct Pending {
+    id: Uuid,
+    token: Uuid,
+    outcome: Outcome,
+    stored: oneshot::Sender<Result<bool, String>>,
+}
+
+/// The SQLite recorder's queue; `None` means each job writes its own outcome.
+#[derive(Clone)]
+struct Recorder(Option<mpsc::Sender<Pending>>);
+
+/// Writes outcomes as they come, everything queued so far in one transaction.
+async fn record_outcomes(db: Db, mut queue: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(RECORDER_BATCH);
+    while queue.recv_many(&mut batch, RECORDER_BATCH).await > 0 {
+        let outcomes: Vec<(Uuid, Uuid, &Outcome)> =
+            batch.iter().map(|p| (p.id, p.token, &p.outcome)).collect();
+        let result = store::finish_all(&db, &outcomes).await;
+        match result {
+            Ok(held) => {
+                for (pending, held) in batch.drain(..).zip(held) {
+                    let _ = pending.stored.send(Ok(held));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending.stored.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Stores an outcome, retrying briefly: losing it would run the job again after its lease.
+async fn record(
+    db: &Db,
+    recorder: &Recorder,
+    running: &RunningJobs,
+    id: Uuid,
+    token: Uuid,
+    outcome: Outcome,
+) {
     if let Some(entry) = lock(running).get_mut(&id) {
         entry.finishing = true;
     }
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=5 {
-        match store::finish(db, id, token, &outcome).await {
+        let direct = || async {
+            store::finish_all(db, &[(id, token, &outcome)])
+                .await
+                .map(|held| held.first().copied().unwrap_or(false))
+                .map_err(|e| e.to_string())
+        };
+        let result = match &recorder.0 {
+            Some(queue) => {
+                let (stored, answer) = oneshot::channel();
+                let pending = Pending {
+                    id,
+                    token,
+                    outcome: outcome.clone(),
+                    stored,
+                };
+                match queue.send(pending).await {
+                    Ok(()) => answer
+                        .await
+                        .unwrap_or_else(|_| Err("the outcome recorder stopped".into())),
+                    // The recorder is gone (the runtime is being dropped): write it here.
+                    Err(_) => direct().await,
+                }
+            }
+            None => direct().await,
+        };
+        match result {
             Ok(true) => {
                 tracing::debug!(?outcome, "job attempt recorded");
                 return;
@@ -508,12 +617,18 @@ async fn record(db: &Db, running: &RunningJobs, id: Uuid, token: Uuid, outcome: 
                 return;
             }
             Err(e) if attempt < 5 => {
-                tracing::warn!(error = %e, "recording a job outcome failed; retrying");
+                tracing::warn!(
+                    error = e.as_str(),
+                    "recording a job outcome failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
             Err(e) => {
-                tracing::error!(error = %e, "recording a job outcome failed; the job runs again after its lease expires");
+                tracing::error!(
+                    error = e.as_str(),
+                    "recording a job outcome failed; the job runs again after its lease expires"
+                );
             }
         }
     }

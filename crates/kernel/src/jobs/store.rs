@@ -593,7 +593,7 @@ pub(crate) async fn heartbeat(
 }
 
 /// How an attempt ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     Succeeded(serde_json::Value),
     /// Try again at `retry_at`.
@@ -607,13 +607,30 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// Records an attempt's outcome if `token` still holds the job; returns whether it did.
-pub(crate) async fn finish(
+/// Records attempts' outcomes (job id, claim token, outcome), in one transaction when there
+/// are several; says for each whether its token still held the job (else it was cancelled or
+/// re-claimed meanwhile and the outcome is dropped).
+pub(crate) async fn finish_all(
     db: &Db,
-    id: Uuid,
-    token: Uuid,
-    outcome: &Outcome,
-) -> Result<bool, StoreError> {
+    outcomes: &[(Uuid, Uuid, &Outcome)],
+) -> Result<Vec<bool>, StoreError> {
+    match outcomes {
+        [] => Ok(Vec::new()),
+        [(id, token, outcome)] => Ok(vec![db.execute(&finish(*id, *token, outcome)).await? == 1]),
+        many => {
+            let mut tx = db.begin().await?;
+            let mut held = Vec::with_capacity(many.len());
+            for (id, token, outcome) in many {
+                held.push(tx.execute(&finish(*id, *token, outcome)).await? == 1);
+            }
+            tx.commit().await?;
+            Ok(held)
+        }
+    }
+}
+
+/// The update that records one outcome, fenced by the claim's token.
+fn finish(id: Uuid, token: Uuid, outcome: &Outcome) -> UpdateStatement {
     let at = now();
     let mut update = Query::update().table(JOBS).to_owned();
     update.values([
@@ -656,8 +673,8 @@ pub(crate) async fn finish(
     update
         .and_where(Expr::col("id").eq(id))
         .and_where(Expr::col("lease_token").eq(token))
-        .and_where(Expr::col("state").eq(JobState::Running.as_str()));
-    Ok(db.execute(&update).await? == 1)
+        .and_where(Expr::col("state").eq(JobState::Running.as_str()))
+        .to_owned()
 }
 
 /// Puts jobs `worker` holds back in the queue without counting the attempt they were on (a
