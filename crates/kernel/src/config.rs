@@ -282,20 +282,22 @@ impl JobsConfig {
         self.concurrency.get(queue).copied().unwrap_or(1).max(1)
     }
 
+    // The getters bound what validation refuses anyway, for configurations built in code.
+
     pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
+        bounded_ms(self.poll_interval_ms)
     }
 
     pub fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms)
+        bounded_ms(self.lease_ms)
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
+        bounded_ms(self.heartbeat_interval_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+        Duration::from_millis(self.shutdown_grace_ms.min(MAX_DURATION_MS))
     }
 }
 
@@ -324,12 +326,17 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms)
+        bounded_ms(self.lease_ms)
     }
 
     pub fn tick_resolution(&self) -> Duration {
-        Duration::from_millis(self.tick_resolution_ms)
+        bounded_ms(self.tick_resolution_ms)
     }
+}
+
+/// Milliseconds as a duration between 1 ms and [`MAX_DURATION_MS`].
+fn bounded_ms(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(1, MAX_DURATION_MS))
 }
 
 /// A queue name: lowercase letters, digits, `_`, `-` and `.`, at most 64 characters.
@@ -372,6 +379,21 @@ impl JobsConfig {
                 problems.push(format!("jobs.{key}: must be greater than 0"));
             }
         }
+        for (key, value) in [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("lease_ms", self.lease_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("backoff_base_ms", self.backoff_base_ms),
+            ("backoff_cap_ms", self.backoff_cap_ms),
+            ("default_time_limit_ms", self.default_time_limit_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+        ] {
+            if value > MAX_DURATION_MS {
+                problems.push(format!(
+                    "jobs.{key}: must be at most {MAX_DURATION_MS} (7 days)"
+                ));
+            }
+        }
         if self.heartbeat_interval_ms >= self.lease_ms {
             problems.push(
                 "jobs.heartbeat_interval_ms: must be shorter than jobs.lease_ms, or leases run out while jobs still run"
@@ -387,8 +409,16 @@ impl JobsConfig {
     }
 }
 
+/// The longest duration a `[jobs]` or `[scheduler]` setting accepts: 7 days.
+const MAX_DURATION_MS: u64 = 7 * 24 * 3_600_000;
+
 impl SchedulerConfig {
     fn validate(&self, problems: &mut Vec<String>) {
+        if self.lease_ms > MAX_DURATION_MS {
+            problems.push(format!(
+                "scheduler.lease_ms: must be at most {MAX_DURATION_MS} (7 days)"
+            ));
+        }
         if self.lease_ms == 0 {
             problems.push("scheduler.lease_ms: must be greater than 0".into());
         }

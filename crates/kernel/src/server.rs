@@ -126,7 +126,7 @@ async fn prepare(
     Ok((state, router))
 }
 
-/// What `keel worker` runs besides jobs.
+/// What a `keel worker` process runs.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerOptions {
     /// The queues to work; empty means `jobs.queues`, or every queue a job type uses.

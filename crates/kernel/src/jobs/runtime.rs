@@ -197,7 +197,9 @@ impl Runtime {
     /// Stops claiming, waits up to `grace` for running jobs, releases the rest, hands the
     /// scheduler's leadership on, and returns how many jobs it released.
     pub async fn shutdown(mut self, grace: Duration) -> RuntimeReport {
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now()
+            .checked_add(grace)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         self.stop.send_replace(Some(deadline));
         let mut report = RuntimeReport::default();
         while let Some(result) = self.dispatchers.join_next().await {
