@@ -1,8 +1,9 @@
-//! `keel`: the one binary. `keel serve` runs the HTTP API; `keel migrate`, `keel config` and
-//! `keel keys` are the operator's tools.
+//! `keel`: the one binary. `keel serve` runs the HTTP API with the job workers and the
+//! scheduler; `keel worker` runs only job queues (scale-out); `keel migrate`, `keel config`
+//! and `keel keys` are the operator's tools.
 //!
 //! Exit codes: 0 success (and a clean shutdown), 1 failure, 2 invalid configuration,
-//! 3 shutdown whose grace period ran out before in-flight requests finished.
+//! 3 shutdown whose grace period ran out before in-flight requests or running jobs finished.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,8 +36,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP API (migrations are applied first unless configured otherwise).
+    /// Run the HTTP API, the job workers and the scheduler (migrations are applied first
+    /// unless configured otherwise).
     Serve,
+    /// Run job queues only, without an HTTP listener (scale-out workers).
+    Worker {
+        /// Queues to work, comma separated (default: `jobs.queues`, or every queue).
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
+    },
     /// Inspect or apply database migrations.
     Migrate {
         #[command(subcommand)]
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
+            Command::Worker { queues } => worker(config, queues).await,
             Command::Migrate { action } => migrate_cmd(config, action).await,
             Command::Config {
                 action: ConfigAction::Check,
@@ -163,6 +172,39 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     let app = Application::build(config, modules()).await?;
     let report = app.run_until_stopped(server::shutdown_signal()).await?;
+    Ok(if report.clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNCLEAN_SHUTDOWN)
+    })
+}
+
+async fn worker(mut config: Config, queues: Vec<String>) -> anyhow::Result<ExitCode> {
+    let queues: Vec<String> = queues
+        .into_iter()
+        .map(|q| q.trim().to_string())
+        .filter(|q| !q.is_empty())
+        .collect();
+    if let Some(bad) = queues
+        .iter()
+        .find(|q| !keel_kernel::config::is_queue_name(q))
+    {
+        return Err(ConfigError {
+            problems: vec![format!(
+                "--queues: `{bad}` is not a queue name (lowercase letters, digits, _ - .)"
+            )],
+        }
+        .into());
+    }
+    ensure_dev_secrets(&mut config)?;
+    keel_kernel::observe::init_logging(&config);
+    let report = server::run_worker(
+        config,
+        modules(),
+        server::WorkerOptions { queues },
+        server::shutdown_signal(),
+    )
+    .await?;
     Ok(if report.clean {
         ExitCode::SUCCESS
     } else {

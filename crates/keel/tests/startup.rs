@@ -1,6 +1,6 @@
 //! The `keel` binary as an operator runs it: start-up with no configuration, configuration
 //! errors reported one per problem before anything listens, `config check` redaction,
-//! migrations from the CLI, and SIGTERM ending in a clean exit.
+//! migrations from the CLI, `keel worker`, and SIGTERM ending in a clean exit.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -322,4 +322,59 @@ fn a_missing_explicit_configuration_file_is_an_error() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml does not exist"));
+}
+
+#[test]
+fn worker_runs_queues_without_listening_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = keel(dir.path(), &[("KEEL_LISTEN", "127.0.0.1:1")])
+        .args(["worker", "--queues", "ocr,export"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel worker");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("keel worker running"))
+    {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => lines.push(line),
+            Err(e) => panic!("no start-up line ({e}); output so far: {lines:#?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("ocr") && all.contains("export"), "{all}");
+    assert!(
+        !all.contains("listening"),
+        "a worker does not listen: {all}"
+    );
+    assert!(
+        dir.path().join("data/keel.db").exists(),
+        "it migrated the embedded database"
+    );
+    sigterm(&child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn worker_refuses_a_queue_name_that_is_not_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = run(dir.path(), &["worker", "--queues", "ocr,Big Queue"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`Big Queue` is not a queue name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

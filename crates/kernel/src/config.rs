@@ -10,6 +10,7 @@
 //! Every secret is a [`Secret`]: its `Debug`, `Display` and `Serialize` never show the value,
 //! so `keel config check` and logs cannot leak it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[rate_limits]`: switch and per-policy overrides (`KEEL_RATE_LIMITS__ENABLED=false`).
     pub rate_limits: crate::limits::RateLimitConfig,
+    pub jobs: JobsConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for Config {
@@ -124,6 +127,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             metrics: MetricsConfig::default(),
             rate_limits: crate::limits::RateLimitConfig::default(),
+            jobs: JobsConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -308,6 +313,222 @@ impl Default for AuthConfig {
             invitation_ttl_secs: 7 * 24 * 3600,
             mfa_challenge_ttl_secs: 300,
             revocation_poll_ms: 500,
+        }
+    }
+}
+
+/// `[jobs]`: durable background jobs and the workers of this node.
+///
+/// Durations are in milliseconds so tests can run with short knobs. Queue concurrency is per
+/// node: three nodes with `ocr = 2` run up to six OCR jobs at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Run workers inside `keel serve` (`KEEL_JOBS__ENABLED`). `keel worker` always runs them.
+    pub enabled: bool,
+    /// The queues this node works (`KEEL_JOBS__QUEUES=ocr,export`); empty means every queue a
+    /// registered job type uses. `keel worker --queues` overrides it.
+    #[serde(deserialize_with = "string_or_list")]
+    pub queues: Vec<String>,
+    /// Jobs a queue runs at once on this node (`KEEL_JOBS__CONCURRENCY__OCR=2`). A queue not
+    /// listed runs one job at a time.
+    pub concurrency: BTreeMap<String, u32>,
+    /// How often an idle queue looks for due jobs. Jobs enqueued in this process wake their
+    /// queue at once; this bounds the delay for jobs enqueued by other nodes and for retries.
+    pub poll_interval_ms: u64,
+    /// How long a claim holds a job without a heartbeat; a job whose worker died runs again
+    /// after this.
+    pub lease_ms: u64,
+    /// How often a worker extends the leases of the jobs it runs (shorter than `lease_ms`).
+    pub heartbeat_interval_ms: u64,
+    /// Retry delay: a random duration up to `base × 2^(attempt-1)`, capped (full jitter).
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// Attempts for a job type that does not set its own.
+    pub default_max_attempts: u32,
+    /// Time limit of one attempt for a job type that does not set its own.
+    pub default_time_limit_ms: u64,
+    /// At shutdown, how long running jobs may take to finish before they are released back
+    /// to the queue (their attempt not counted).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queues: Vec::new(),
+            concurrency: BTreeMap::from([
+                ("default".to_string(), 4),
+                ("email".to_string(), 8),
+                ("export".to_string(), 2),
+                ("ocr".to_string(), 2),
+            ]),
+            poll_interval_ms: 1_000,
+            lease_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 3_600_000,
+            default_max_attempts: 10,
+            default_time_limit_ms: 300_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// How many jobs `queue` runs at once on this node.
+    pub fn concurrency_of(&self, queue: &str) -> u32 {
+        self.concurrency.get(queue).copied().unwrap_or(1).max(1)
+    }
+
+    // The getters bound what validation refuses anyway, for configurations built in code.
+
+    pub fn poll_interval(&self) -> Duration {
+        bounded_ms(self.poll_interval_ms)
+    }
+
+    pub fn lease(&self) -> Duration {
+        bounded_ms(self.lease_ms)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        bounded_ms(self.heartbeat_interval_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms.min(MAX_DURATION_MS))
+    }
+}
+
+/// `[scheduler]`: periodic tasks, run once per tick across all nodes by one leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Take part in leader election on this node (`KEEL_SCHEDULER__ENABLED`).
+    pub enabled: bool,
+    /// How long leadership lasts without renewal: when the leader dies, another node takes
+    /// over within this period.
+    pub lease_ms: u64,
+    /// How often the leader looks for due ticks (and a follower for a vacant lease).
+    pub tick_resolution_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease_ms: 10_000,
+            tick_resolution_ms: 1_000,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn lease(&self) -> Duration {
+        bounded_ms(self.lease_ms)
+    }
+
+    pub fn tick_resolution(&self) -> Duration {
+        bounded_ms(self.tick_resolution_ms)
+    }
+}
+
+/// Milliseconds as a duration between 1 ms and [`MAX_DURATION_MS`].
+fn bounded_ms(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(1, MAX_DURATION_MS))
+}
+
+/// A queue name: lowercase letters, digits, `_`, `-` and `.`, at most 64 characters.
+pub fn is_queue_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
+}
+
+impl JobsConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        for queue in &self.queues {
+            if !is_queue_name(queue) {
+                problems.push(format!(
+                    "jobs.queues: `{queue}` is not a queue name (lowercase letters, digits, _ - .)"
+                ));
+            }
+        }
+        for (queue, n) in &self.concurrency {
+            if !is_queue_name(queue) {
+                problems.push(format!(
+                    "jobs.concurrency: `{queue}` is not a queue name (lowercase letters, digits, _ - .)"
+                ));
+            }
+            if *n == 0 {
+                problems.push(format!(
+                    "jobs.concurrency.{queue}: must be at least 1 (list the node's queues in jobs.queues to leave one out)"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("lease_ms", self.lease_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("backoff_base_ms", self.backoff_base_ms),
+            ("default_time_limit_ms", self.default_time_limit_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("jobs.{key}: must be greater than 0"));
+            }
+        }
+        for (key, value) in [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("lease_ms", self.lease_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("backoff_base_ms", self.backoff_base_ms),
+            ("backoff_cap_ms", self.backoff_cap_ms),
+            ("default_time_limit_ms", self.default_time_limit_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+        ] {
+            if value > MAX_DURATION_MS {
+                problems.push(format!(
+                    "jobs.{key}: must be at most {MAX_DURATION_MS} (7 days)"
+                ));
+            }
+        }
+        if self.heartbeat_interval_ms >= self.lease_ms {
+            problems.push(
+                "jobs.heartbeat_interval_ms: must be shorter than jobs.lease_ms, or leases run out while jobs still run"
+                    .into(),
+            );
+        }
+        if self.backoff_cap_ms < self.backoff_base_ms {
+            problems.push("jobs.backoff_cap_ms: must not be below jobs.backoff_base_ms".into());
+        }
+        if self.default_max_attempts == 0 {
+            problems.push("jobs.default_max_attempts: must be at least 1".into());
+        }
+    }
+}
+
+/// The longest duration a `[jobs]` or `[scheduler]` setting accepts: 7 days.
+const MAX_DURATION_MS: u64 = 7 * 24 * 3_600_000;
+
+impl SchedulerConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.lease_ms > MAX_DURATION_MS {
+            problems.push(format!(
+                "scheduler.lease_ms: must be at most {MAX_DURATION_MS} (7 days)"
+            ));
+        }
+        if self.lease_ms == 0 {
+            problems.push("scheduler.lease_ms: must be greater than 0".into());
+        }
+        if self.tick_resolution_ms == 0 {
+            problems.push("scheduler.tick_resolution_ms: must be greater than 0".into());
+        }
+        if self.tick_resolution_ms >= self.lease_ms {
+            problems.push(
+                "scheduler.tick_resolution_ms: must be shorter than scheduler.lease_ms".into(),
+            );
         }
     }
 }
@@ -530,6 +751,8 @@ impl Config {
                 ));
             }
         }
+        self.jobs.validate(&mut problems);
+        self.scheduler.validate(&mut problems);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(
                 "log.level: `{}` is not a valid filter",
@@ -778,6 +1001,46 @@ mod tests {
         };
         assert!(!format!("{config:?}").contains("a-very-secret"));
         assert!(!config.to_redacted_toml().contains("a-very-secret"));
+    }
+
+    #[test]
+    fn job_and_scheduler_knobs_are_checked() {
+        let mut config = Config::default();
+        config.jobs.heartbeat_interval_ms = config.jobs.lease_ms;
+        config.jobs.concurrency.insert("OCR".into(), 0);
+        config.jobs.backoff_cap_ms = 1;
+        config.jobs.default_max_attempts = 0;
+        config.scheduler.tick_resolution_ms = config.scheduler.lease_ms;
+        let err = config.validate().expect_err("must be refused");
+        let all = err.problems.join("\n");
+        for key in [
+            "jobs.heartbeat_interval_ms",
+            "jobs.concurrency: `OCR`",
+            "jobs.concurrency.OCR",
+            "jobs.backoff_cap_ms",
+            "jobs.default_max_attempts",
+            "scheduler.tick_resolution_ms",
+        ] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn queue_concurrency_can_be_set_per_queue_from_the_environment_shape() {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default("jobs.concurrency.ocr", 5))
+            .merge(Serialized::default("jobs.queues", "ocr, export"))
+            .extract()
+            .expect("extract");
+        assert_eq!(config.jobs.concurrency_of("ocr"), 5);
+        assert_eq!(
+            config.jobs.concurrency_of("email"),
+            8,
+            "other defaults stay"
+        );
+        assert_eq!(config.jobs.concurrency_of("unlisted"), 1);
+        assert_eq!(config.jobs.queues, vec!["ocr", "export"]);
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
+//! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod idempotency;
+pub mod jobs;
 pub mod limits;
 pub mod mail;
 pub mod metrics;

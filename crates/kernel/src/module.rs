@@ -8,11 +8,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
+pub use crate::jobs::{Cadence, JobDefinition, JobError, JobHandler, ScheduleDefinition};
 use crate::state::AppState;
 use crate::store::migrate::{Migration, ModuleMigrations};
 use crate::tenancy::TenantScope;
@@ -24,65 +24,6 @@ pub struct Permission {
     pub name: &'static str,
     pub description: &'static str,
     pub default_roles: &'static [&'static str],
-}
-
-/// What a job handler returns on failure: retry later, or give up now.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("retryable: {0}")]
-    Retry(#[source] anyhow::Error),
-    #[error("permanent: {0}")]
-    Permanent(#[source] anyhow::Error),
-}
-
-/// Runs one job of a type. Handlers must be idempotent: a job whose worker died runs again.
-#[async_trait::async_trait]
-pub trait JobHandler: Send + Sync + 'static {
-    async fn run(
-        &self,
-        state: AppState,
-        scope: Option<TenantScope>,
-        payload: serde_json::Value,
-    ) -> Result<serde_json::Value, JobError>;
-}
-
-/// A job type a module handles.
-#[derive(Clone)]
-pub struct JobDefinition {
-    /// Globally unique, e.g. `trade.extract_document`.
-    pub job_type: &'static str,
-    /// The queue it runs on (queues have their own concurrency), e.g. `ocr`.
-    pub queue: &'static str,
-    pub max_attempts: u32,
-    pub time_limit: Duration,
-    pub handler: Arc<dyn JobHandler>,
-}
-
-impl std::fmt::Debug for JobDefinition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobDefinition")
-            .field("job_type", &self.job_type)
-            .field("queue", &self.queue)
-            .field("max_attempts", &self.max_attempts)
-            .field("time_limit", &self.time_limit)
-            .finish()
-    }
-}
-
-/// When a periodic task runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cadence {
-    Every(Duration),
-    /// A cron expression, evaluated in UTC.
-    Cron(&'static str),
-}
-
-/// A periodic task: each tick enqueues one job of `job_type` (run once across all nodes).
-#[derive(Debug, Clone)]
-pub struct ScheduleDefinition {
-    pub name: &'static str,
-    pub cadence: Cadence,
-    pub job_type: &'static str,
 }
 
 /// A sample resource a fixture created, for the isolation probe.
@@ -232,6 +173,7 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The job types this module handles (see [`crate::jobs`]).
     fn jobs(&self) -> Vec<JobDefinition> {
         Vec::new()
     }
@@ -241,6 +183,7 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Periodic tasks; each names a job type of an enabled module.
     fn schedules(&self) -> Vec<ScheduleDefinition> {
         Vec::new()
     }
@@ -331,10 +274,42 @@ impl Registry {
                 if !job_types.insert(j.job_type) {
                     problems.push(format!("job type `{}` is defined twice", j.job_type));
                 }
+                if !crate::config::is_queue_name(j.queue) {
+                    problems.push(format!(
+                        "job type `{}`: `{}` is not a queue name (lowercase letters, digits, _ - .)",
+                        j.job_type, j.queue
+                    ));
+                }
+                if j.max_attempts == Some(0) {
+                    problems.push(format!(
+                        "job type `{}`: max_attempts must be at least 1",
+                        j.job_type
+                    ));
+                }
+                if j.time_limit.is_some_and(|t| t.is_zero()) {
+                    problems.push(format!(
+                        "job type `{}`: the time limit must be greater than 0",
+                        j.job_type
+                    ));
+                }
             }
             for s in m.schedules() {
                 if !schedules.insert(s.name) {
                     problems.push(format!("schedule `{}` is defined twice", s.name));
+                }
+                if let Err(e) = crate::jobs::scheduler::Ticker::new(&s.cadence) {
+                    problems.push(format!("schedule `{}`: {e}", s.name));
+                }
+            }
+        }
+        // Checked once every module is known: a schedule may use another module's job type.
+        for m in &enabled {
+            for s in m.schedules() {
+                if !job_types.contains(s.job_type) {
+                    problems.push(format!(
+                        "schedule `{}` enqueues job type `{}`, which no enabled module handles",
+                        s.name, s.job_type
+                    ));
                 }
             }
         }
@@ -371,6 +346,16 @@ impl Registry {
 
     pub fn roles(&self) -> Vec<crate::auth::access::Role> {
         self.modules.iter().flat_map(|m| m.roles()).collect()
+    }
+
+    /// Every job type of the enabled modules.
+    pub fn jobs(&self) -> Vec<JobDefinition> {
+        self.modules.iter().flat_map(|m| m.jobs()).collect()
+    }
+
+    /// Every schedule of the enabled modules.
+    pub fn schedules(&self) -> Vec<ScheduleDefinition> {
+        self.modules.iter().flat_map(|m| m.schedules()).collect()
     }
 
     pub fn fixtures(&self) -> Vec<Fixture> {

@@ -1,5 +1,5 @@
 //! The kernel's own module: operational routes (liveness, readiness, the OpenAPI document)
-//! and the kernel's migrations.
+//! and the kernel's migrations (the installation record; jobs and the scheduler).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +32,7 @@ impl Module for KernelModule {
         vec![
             crate::migration!(1, "0001_instance", "migrations"),
             crate::migration!(2, "0002_identity", "migrations"),
+            crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
         ]
     }

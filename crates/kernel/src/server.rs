@@ -1,10 +1,17 @@
 //! Start-up and shutdown: `Application::build → local_addr → run_until_stopped(shutdown)`.
 //!
 //! `build` does everything that can fail before anything listens: module checks, database
-//! connection (with retries), migrations (or their verification), Redis, the router and the
-//! listening socket (so tests can bind port 0 and learn the port). `run_until_stopped` serves
-//! until the shutdown future resolves, then stops accepting, drains in-flight requests within
-//! `http.shutdown_grace_secs`, closes the pools and reports whether the drain was clean.
+//! connection (with retries), migrations (or their verification), Redis, the job types, the
+//! router and the listening socket (so tests can bind port 0 and learn the port).
+//! `run_until_stopped` starts the job workers and the scheduler (as configured) and serves
+//! until the shutdown future resolves. Then, at the same time, the HTTP server stops
+//! accepting and drains in-flight requests within `http.shutdown_grace_secs`, and the job
+//! runtime stops claiming, hands scheduler leadership on and lets running jobs finish within
+//! `jobs.shutdown_grace_ms` (releasing the rest). Both graces run concurrently because an
+//! orchestrator gives a node one termination period, not one per subsystem. Then the pools
+//! close and the report says whether everything finished in time.
+//!
+//! [`run_worker`] is `keel worker`: the same start-up without HTTP, running only jobs.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,9 +22,11 @@ use anyhow::Context as _;
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt as _;
 
 use crate::config::Config;
 use crate::http;
+use crate::jobs::{Jobs, Runtime, RuntimeOptions};
 use crate::module::{Module, Registry};
 use crate::ops::{KernelModule, ensure_installation};
 use crate::state::{AppInner, AppState};
@@ -43,10 +52,13 @@ impl std::fmt::Debug for Application {
 }
 
 /// How the server stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ShutdownReport {
-    /// Every in-flight request finished within the grace period.
+    /// Every in-flight request and every running job finished within its grace period.
     pub clean: bool,
+    /// Jobs still running when `jobs.shutdown_grace_ms` ran out, released back to their
+    /// queue (their attempt not counted).
+    pub jobs_released: u64,
 }
 
 /// The kernel module followed by `modules`, less those switched off, checked.
@@ -64,77 +76,146 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Everything but the listener: configuration checks, database, migrations, Redis, the job
+/// types and the (unlayered) router.
+async fn prepare(
+    config: Config,
+    modules: Vec<Arc<dyn Module>>,
+) -> anyhow::Result<(AppState, axum::Router<AppState>)> {
+    install_crypto_provider();
+    let config = Arc::new(config);
+    let registry = registry(&config, modules)?;
+
+    let db = Db::connect(&config).await?;
+    let migrations = registry.migrations();
+    if config.database.migrate_on_start {
+        migrate::run(&db, &migrations).await?;
+    } else {
+        migrate::verify(&db, &migrations).await?;
+        let pending = migrate::pending_count(&db, &migrations).await?;
+        if pending > 0 {
+            anyhow::bail!(
+                "{pending} migration(s) are not applied and database.migrate_on_start is false; run `keel migrate run`"
+            );
+        }
+    }
+    let installation_id = ensure_installation(&db).await?;
+    let redis = match &config.redis_url {
+        Some(url) => Some(connect_redis(url.expose(), &config).await?),
+        None => None,
+    };
+
+    let mailer: Arc<dyn crate::mail::Mailer> =
+        Arc::new(crate::mail::FileMailer::new(config.data_dir.join("mail")));
+    let auth = Arc::new(crate::auth::AuthRuntime::new(&config, &registry, mailer)?);
+    auth.revocations.load(&db).await?;
+
+    let mut policies = crate::limits::default_policies();
+    policies.extend(registry.rate_limit_policies());
+    let limits =
+        crate::limits::RateLimiter::from_config(&config.rate_limits, policies, redis.clone())?;
+    let (router, route_policies) = registry.router();
+    let mut unknown = Vec::new();
+    for rp in &route_policies {
+        if limits.policy(rp.policy).is_none() {
+            unknown.push(format!(
+                "route {} {} names unknown rate-limit policy `{}`",
+                rp.method, rp.path, rp.policy
+            ));
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(crate::config::ConfigError { problems: unknown }.into());
+    }
+    let route_policies = route_policies
+        .into_iter()
+        .map(|rp| ((rp.method, rp.path), rp.policy))
+        .collect();
+    let (router, mut openapi) = router.split_for_parts();
+    describe_api(&mut openapi);
+    let openapi_json = bytes::Bytes::from(
+        serde_json::to_vec(&openapi).context("cannot render the OpenAPI document")?,
+    );
+    let jobs = Jobs::new(&registry, &config.jobs);
+
+    let state = AppState::new(AppInner {
+        config: config.clone(),
+        db,
+        redis,
+        registry,
+        limits,
+        route_policies,
+        auth,
+        jobs,
+        openapi_json,
+        installation_id,
+        node_id: uuid::Uuid::now_v7(),
+        started_at: Instant::now(),
+    });
+    Ok((state, router))
+}
+
+/// What a `keel worker` process runs.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerOptions {
+    /// The queues to work; empty means `jobs.queues`, or every queue a job type uses.
+    pub queues: Vec<String>,
+}
+
+/// `keel worker`: runs job queues (and takes part in scheduler leadership when
+/// `scheduler.enabled`) without an HTTP listener, until `shutdown` resolves; then stops as
+/// `run_until_stopped` does. A worker takes no traffic, so it needs no readiness endpoint: an
+/// orchestrator watches the process, and the job API shows what it works on.
+pub async fn run_worker(
+    config: Config,
+    modules: Vec<Arc<dyn Module>>,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<ShutdownReport> {
+    let (state, _router) = prepare(config, modules).await?;
+    let runtime = Runtime::start(
+        &state,
+        RuntimeOptions {
+            id: state.node_id,
+            workers: true,
+            queues: Some(options.queues),
+            scheduler: state.config.scheduler.enabled,
+        },
+    );
+    if runtime.queues().is_empty() {
+        tracing::warn!("no queue to work: no job type is registered and none was named");
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Polled once before announcing: a signal handler is installed on the first poll, and a
+    // supervisor may signal as soon as it reads the announcement.
+    if (&mut shutdown).now_or_never().is_none() {
+        tracing::info!(node = %state.node_id, queues = ?runtime.queues(), "keel worker running");
+        shutdown.await;
+    }
+    tracing::info!("shutdown requested: no longer claiming jobs; letting running ones finish");
+    let report = runtime.shutdown(state.config.jobs.shutdown_grace()).await;
+    state.db.close().await;
+    Ok(ShutdownReport {
+        clean: report.released == 0,
+        jobs_released: report.released,
+    })
+}
+
+/// Aborts a spawned task when dropped, so that dropping `run_until_stopped` (a crash, in
+/// tests) takes the HTTP server down with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Application {
     /// Builds Keel with the kernel module plus `modules` (in order).
     pub async fn build(config: Config, modules: Vec<Arc<dyn Module>>) -> anyhow::Result<Self> {
-        install_crypto_provider();
-        let config = Arc::new(config);
-        let registry = registry(&config, modules)?;
-
-        let db = Db::connect(&config).await?;
-        let migrations = registry.migrations();
-        if config.database.migrate_on_start {
-            migrate::run(&db, &migrations).await?;
-        } else {
-            migrate::verify(&db, &migrations).await?;
-            let pending = migrate::pending_count(&db, &migrations).await?;
-            if pending > 0 {
-                anyhow::bail!(
-                    "{pending} migration(s) are not applied and database.migrate_on_start is false; run `keel migrate run`"
-                );
-            }
-        }
-        let installation_id = ensure_installation(&db).await?;
-        let redis = match &config.redis_url {
-            Some(url) => Some(connect_redis(url.expose(), &config).await?),
-            None => None,
-        };
-
-        let mailer: Arc<dyn crate::mail::Mailer> =
-            Arc::new(crate::mail::FileMailer::new(config.data_dir.join("mail")));
-        let auth = Arc::new(crate::auth::AuthRuntime::new(&config, &registry, mailer)?);
-        auth.revocations.load(&db).await?;
-
-        let mut policies = crate::limits::default_policies();
-        policies.extend(registry.rate_limit_policies());
-        let limits =
-            crate::limits::RateLimiter::from_config(&config.rate_limits, policies, redis.clone())?;
-        let (router, route_policies) = registry.router();
-        let mut unknown = Vec::new();
-        for rp in &route_policies {
-            if limits.policy(rp.policy).is_none() {
-                unknown.push(format!(
-                    "route {} {} names unknown rate-limit policy `{}`",
-                    rp.method, rp.path, rp.policy
-                ));
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(crate::config::ConfigError { problems: unknown }.into());
-        }
-        let route_policies = route_policies
-            .into_iter()
-            .map(|rp| ((rp.method, rp.path), rp.policy))
-            .collect();
-        let (router, mut openapi) = router.split_for_parts();
-        describe_api(&mut openapi);
-        let openapi_json = bytes::Bytes::from(
-            serde_json::to_vec(&openapi).context("cannot render the OpenAPI document")?,
-        );
-
-        let state = AppState::new(AppInner {
-            config: config.clone(),
-            db,
-            redis,
-            registry,
-            limits,
-            route_policies,
-            auth,
-            openapi_json,
-            installation_id,
-            node_id: uuid::Uuid::now_v7(),
-            started_at: Instant::now(),
-        });
+        let (state, router) = prepare(config, modules).await?;
+        let config = state.config.clone();
         let router = router
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
@@ -200,11 +281,16 @@ impl Application {
             .into_make_service_with_connect_info::<SocketAddr>();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let max_head = self.state.config.http.max_header_bytes;
+        let mut shutdown = std::pin::pin!(shutdown);
+        // Polled once before announcing: a signal handler is installed on the first poll, and
+        // a supervisor may signal as soon as it reads the announcement.
+        let stop_at_once = (&mut shutdown).now_or_never().is_some();
         tracing::info!(
             address = %self.local_addr,
             "keel listening on {scheme}://{}",
             self.local_addr
         );
+        let runtime = Runtime::start(&self.state, RuntimeOptions::from_config(&self.state));
         let server = match self.tls {
             Some(tls) => {
                 let mut server = axum_server::from_tcp_rustls(self.listener, tls)?;
@@ -217,10 +303,10 @@ impl Application {
                 tokio::spawn(server.handle(handle.clone()).serve(make_service))
             }
         };
-        let mut server = server;
+        let mut server = AbortOnDrop(server);
         crate::metrics::handle();
-        let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        let sync = tokio::spawn(crate::auth::revocation::sync_forever(
+        let upkeep = AbortOnDrop(tokio::spawn(crate::metrics::upkeep_forever()));
+        let sync = AbortOnDrop(tokio::spawn(crate::auth::revocation::sync_forever(
             self.state.auth.revocations.clone(),
             self.state.db.clone(),
             self.state
@@ -229,37 +315,59 @@ impl Application {
                 .as_ref()
                 .map(|u| u.expose().to_string()),
             crate::auth::revocation_poll(&self.state.config),
-        ));
+        )));
         let stopped_at = tokio::select! {
-            result = &mut server => {
+            result = &mut server.0 => {
                 result.context("server task failed")?.context("server failed")?;
                 None
             }
-            () = shutdown => Some(Instant::now()),
+            () = async {
+                if !stop_at_once {
+                    (&mut shutdown).await;
+                }
+            } => Some(Instant::now()),
         };
         let mut clean = true;
-        if let Some(stopped_at) = stopped_at {
+        let jobs_grace = self.state.config.jobs.shutdown_grace();
+        let jobs = if let Some(stopped_at) = stopped_at {
             tracing::info!(
                 in_flight_connections = handle.connection_count(),
                 grace_secs = grace.as_secs(),
-                "shutdown requested: no longer accepting; draining"
+                "shutdown requested: no longer accepting; draining requests and running jobs"
             );
             handle.graceful_shutdown(Some(grace));
-            server
-                .await
-                .context("server task failed")?
-                .context("server failed")?;
-            clean = stopped_at.elapsed() < grace;
-        }
-        sync.abort();
-        upkeep.abort();
+            let http = async {
+                (&mut server.0)
+                    .await
+                    .context("server task failed")?
+                    .context("server failed")?;
+                anyhow::Ok(stopped_at.elapsed() < grace)
+            };
+            let (http, jobs) = tokio::join!(http, runtime.shutdown(jobs_grace));
+            clean = http?;
+            jobs
+        } else {
+            runtime.shutdown(jobs_grace).await
+        };
+        drop(sync);
+        drop(upkeep);
         self.state.db.close().await;
+        if jobs.released > 0 {
+            clean = false;
+            tracing::warn!(
+                released = jobs.released,
+                "jobs still running at the end of the grace period were released to the queue"
+            );
+        }
         if clean {
             tracing::info!("shutdown complete");
         } else {
             tracing::warn!("shutdown grace period ran out; remaining connections were closed");
         }
-        Ok(ShutdownReport { clean })
+        Ok(ShutdownReport {
+            clean,
+            jobs_released: jobs.released,
+        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! The one application state every handler receives: configuration, the store, Redis when
-//! configured, and the enabled modules. Cheap to clone (one `Arc`).
+//! configured, the enabled modules and the job queue. Cheap to clone (one `Arc`).
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::jobs::Jobs;
 use crate::module::Registry;
 use crate::store::Db;
 
@@ -25,6 +26,8 @@ pub struct AppInner {
     pub route_policies: std::collections::HashMap<(http::Method, String), &'static str>,
     /// Tokens, password hashing, revocations, roles, the mailer and the key ring.
     pub auth: Arc<crate::auth::AuthRuntime>,
+    /// Enqueues background jobs inside a transaction (`state.jobs.enqueue(&mut tx, …)`).
+    pub jobs: Jobs,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

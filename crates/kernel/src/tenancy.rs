@@ -43,6 +43,14 @@ impl TenantScope {
         }
     }
 
+    /// A scope inside `org_id` for tests, which have no verified principal to make one from.
+    /// Only in builds with the `testing` feature (enabled by the test kit).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn for_tests(org_id: Uuid) -> Self {
+        Self::system(org_id, "test")
+    }
+
     pub fn org_id(&self) -> Uuid {
         self.org_id
     }

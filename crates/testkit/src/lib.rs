@@ -153,6 +153,18 @@ impl TestDb {
                 },
             );
         }
+        // Short job and scheduler knobs, so failures and take-overs happen within a test. The
+        // job lease stays above the stalls a loaded CI machine shows (SQLite's write lock,
+        // disk flushes): a live worker that cannot renew in time loses its job by design.
+        // Tests about lease expiry shorten it.
+        config.jobs.poll_interval_ms = 50;
+        config.jobs.lease_ms = 2_000;
+        config.jobs.heartbeat_interval_ms = 500;
+        config.jobs.backoff_base_ms = 10;
+        config.jobs.backoff_cap_ms = 50;
+        config.jobs.shutdown_grace_ms = 3_000;
+        config.scheduler.lease_ms = 500;
+        config.scheduler.tick_resolution_ms = 50;
         if let Some((url, schema)) = &self.postgres {
             let url = match &self.proxy {
                 Some(proxy) => replace_host_port(url, proxy.addr()),
@@ -367,7 +379,10 @@ impl TestApp {
                 Ok(Err(e)) => panic!("server failed: {e:#}"),
                 Err(e) => panic!("server task panicked: {e}"),
             },
-            None => ShutdownReport { clean: true },
+            None => ShutdownReport {
+                clean: true,
+                jobs_released: 0,
+            },
         }
     }
 
@@ -380,6 +395,19 @@ impl TestApp {
 
     pub async fn join(mut self) -> ShutdownReport {
         self.stop_inner().await
+    }
+
+    /// Stops the server as a crash would: its tasks (HTTP, job workers, scheduler) are
+    /// dropped mid-flight, nothing is released or handed on. Its database handle stays open
+    /// in `state` until the `TestApp` is dropped.
+    pub async fn kill(&mut self) {
+        // Abort before dropping the shutdown sender: a dropped sender would start a graceful
+        // shutdown.
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.shutdown.take();
     }
 }
 
