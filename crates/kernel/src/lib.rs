@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod housekeeping;
 pub mod http;
 pub mod idempotency;
 pub mod jobs;

@@ -45,6 +45,15 @@ impl Module for KernelModule {
             .routes(routes!(crate::metrics::prometheus))
             .merge(crate::auth::routes::router())
             .merge(crate::partners::routes::router())
+            .merge(crate::jobs::routes::router())
+    }
+
+    fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {
+        vec![crate::housekeeping::job()]
+    }
+
+    fn schedules(&self) -> Vec<crate::jobs::ScheduleDefinition> {
+        vec![crate::housekeeping::schedule()]
     }
 
     fn rate_limit_policies(&self) -> Vec<crate::limits::Policy> {
@@ -372,6 +381,33 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                     tx.commit().await?;
                     Ok(FixtureResource {
                         paths: vec![format!("/api/v1/api-keys/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "job",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let mut tx = state.db.begin().await?;
+                    // Due in a year: the probe must find it queued, not run.
+                    let id = state
+                        .jobs
+                        .enqueue_with(
+                            &mut tx,
+                            Some(&scope),
+                            &crate::housekeeping::Housekeeping(crate::jobs::ScheduledTick {
+                                schedule: "fixture".into(),
+                                tick_at: now(),
+                                missed_ticks: 0,
+                            }),
+                            crate::jobs::EnqueueOptions::default()
+                                .run_at(now() + chrono::TimeDelta::days(365)),
+                        )
+                        .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/jobs/{id}")],
                     })
                 })
             }),

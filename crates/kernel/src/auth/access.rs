@@ -72,6 +72,7 @@ pub mod perms {
     crate::permission!(pub PartnersManage = "partners.manage");
     crate::permission!(pub ApiKeysManage = "api_keys.manage");
     crate::permission!(pub SecurityRead = "security.read");
+    crate::permission!(pub JobsManage = "jobs.manage");
 }
 
 pub fn kernel_permissions() -> Vec<Permission> {
@@ -109,6 +110,11 @@ pub fn kernel_permissions() -> Vec<Permission> {
         Permission {
             name: "api_keys.manage",
             description: "Create, list and revoke API keys",
+            default_roles: &[ADMIN],
+        },
+        Permission {
+            name: "jobs.manage",
+            description: "List, retry and cancel the organization's background jobs",
             default_roles: &[ADMIN],
         },
         Permission {

@@ -61,6 +61,7 @@
 //! [`TenantScope`] for it (or none for platform jobs), so tenant isolation holds in background
 //! work as it does in requests.
 
+pub mod routes;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

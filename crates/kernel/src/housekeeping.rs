@@ -1,0 +1,141 @@
+//! Kernel housekeeping, run by the scheduler (once per tick across all nodes): removes what
+//! has expired — idempotency keys, sessions and their refresh history, revocation entries,
+//! one-time tokens, two-factor challenges, stale brute-force counters — and trims the
+//! in-process rate-limit state. Each step is idempotent, so a rerun is harmless.
+
+use chrono::TimeDelta;
+use sea_query::{Cond, Expr, ExprTrait, Query};
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{
+    Cadence, JobContext, JobDefinition, JobError, JobPayload, ScheduleDefinition, ScheduledTick,
+};
+use crate::store::now;
+
+/// The scheduled housekeeping job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Housekeeping(pub ScheduledTick);
+
+impl JobPayload for Housekeeping {
+    const JOB_TYPE: &'static str = "kernel.housekeeping";
+}
+
+/// How much each step removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Swept {
+    pub idempotency_keys: u64,
+    pub sessions: u64,
+    pub revocations: u64,
+    pub one_time_tokens: u64,
+    pub mfa_challenges: u64,
+    pub login_counters: u64,
+}
+
+pub fn job() -> JobDefinition {
+    JobDefinition::new(|ctx: JobContext, _tick: Housekeeping| async move {
+        let swept = sweep(&ctx.state).await.map_err(JobError::Retry)?;
+        ctx.state.limits.prune();
+        tracing::info!(?swept, "housekeeping done");
+        Ok::<_, JobError>(swept)
+    })
+}
+
+pub fn schedule() -> ScheduleDefinition {
+    ScheduleDefinition::of::<Housekeeping>(
+        "kernel.housekeeping",
+        Cadence::Every(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// Removes expired rows. Sessions are kept a day past expiry, so a late refresh still finds
+/// its session (and is refused as expired rather than unknown).
+pub async fn sweep(state: &crate::state::AppState) -> anyhow::Result<Swept> {
+    let db = &state.db;
+    let at = now();
+    let day_ago = at - TimeDelta::days(1);
+    let idempotency_keys = db
+        .execute(
+            &Query::delete()
+                .from_table("idempotency_keys")
+                .and_where(Expr::col("expires_at").lte(at))
+                .to_owned(),
+        )
+        .await?;
+    let expired_sessions = Cond::any()
+        .add(Expr::col("expires_at").lte(day_ago))
+        .add(Expr::col("absolute_expires_at").lte(day_ago));
+    let mut tx = db.begin().await?;
+    tx.execute(
+        &Query::delete()
+            .from_table("refresh_history")
+            .and_where(
+                Expr::col("session_id").in_subquery(
+                    Query::select()
+                        .column("id")
+                        .from("sessions")
+                        .cond_where(expired_sessions.clone())
+                        .to_owned(),
+                ),
+            )
+            .to_owned(),
+    )
+    .await?;
+    let sessions = tx
+        .execute(
+            &Query::delete()
+                .from_table("sessions")
+                .cond_where(expired_sessions)
+                .to_owned(),
+        )
+        .await?;
+    tx.commit().await?;
+    let revocations = db
+        .execute(
+            &Query::delete()
+                .from_table("revocation_events")
+                .and_where(Expr::col("until").lte(at))
+                .to_owned(),
+        )
+        .await?;
+    let one_time_tokens = db
+        .execute(
+            &Query::delete()
+                .from_table("email_tokens")
+                .and_where(Expr::col("expires_at").lte(day_ago))
+                .to_owned(),
+        )
+        .await?;
+    let mfa_challenges = db
+        .execute(
+            &Query::delete()
+                .from_table("mfa_challenges")
+                .and_where(Expr::col("expires_at").lte(day_ago))
+                .to_owned(),
+        )
+        .await?;
+    let login_counters = db
+        .execute(
+            &Query::delete()
+                .from_table("login_failures")
+                .cond_where(
+                    Cond::all()
+                        .add(Expr::col("window_started_at").lte(day_ago))
+                        .add(
+                            Cond::any()
+                                .add(Expr::col("locked_until").is_null())
+                                .add(Expr::col("locked_until").lte(at)),
+                        ),
+                )
+                .to_owned(),
+        )
+        .await?;
+    Ok(Swept {
+        idempotency_keys,
+        sessions,
+        revocations,
+        one_time_tokens,
+        mfa_challenges,
+        login_counters,
+    })
+}
