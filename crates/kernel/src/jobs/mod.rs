@@ -28,7 +28,7 @@
 //!
 //! # Writing one
 //!
-//! ```ignore
+//! ```text
 //! use keel_kernel::jobs::{JobContext, JobDefinition, JobError, JobPayload};
 //!
 //! #[derive(serde::Serialize, serde::Deserialize)]

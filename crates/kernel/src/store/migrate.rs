@@ -44,7 +44,7 @@ impl Migration {
 /// Declares a migration from `<dir>/sqlite/<file>.sql` and `<dir>/postgres/<file>.sql`
 /// relative to the calling crate's manifest, embedding both in the binary.
 ///
-/// ```ignore
+/// ```text
 /// keel_kernel::migration!(1, "0001_identity", "migrations")
 /// ```
 #[macro_export]
