@@ -1,5 +1,6 @@
 //! Rough cost of log redaction per line, to check that it is not the logging bottleneck.
-//! Not a benchmark suite (that comes later): a loop, a clock, one number per case.
+//! Not a benchmark (that is `benches/hot_path.rs`, figures in PERFORMANCE.md): a loop, a
+//! clock, one number per case.
 //!
 //! ```text
 //! cargo run --release -p keel-kernel --example redact_cost

@@ -265,6 +265,13 @@ impl Application {
         &self.state
     }
 
+    /// The complete router with every layer, as `run_until_stopped` serves it: lets
+    /// benchmarks and in-process callers drive requests without a socket
+    /// (`tower::ServiceExt::oneshot`). Without a connection the client IP is unspecified.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

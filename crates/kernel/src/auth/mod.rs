@@ -70,7 +70,8 @@ pub struct AuthRuntime {
     pub keys: TokenKeys,
     pub hasher: PasswordHasherPool,
     pub revocations: Arc<Revocations>,
-    pub access: AccessControl,
+    /// Shared: every principal refers to it, so building one copies a pointer.
+    pub access: Arc<AccessControl>,
     pub mailer: Arc<dyn Mailer>,
     pub keyring: Arc<KeyRing>,
     api_keys: moka::future::Cache<String, Option<ApiKeyRecord>>,
@@ -99,7 +100,7 @@ impl AuthRuntime {
                 .time_to_live(revocations.api_key_cache_ttl)
                 .build(),
             revocations,
-            access: AccessControl::new(registry),
+            access: Arc::new(AccessControl::new(registry)),
             mailer,
             keyring: Arc::new(KeyRing::from_config(config)?),
         })
@@ -141,7 +142,7 @@ pub struct Principal {
     /// The organization requires two-factor sign-in and the user has not enrolled yet: only
     /// enrolment, the profile and sign-out are open.
     pub enrolment_pending: bool,
-    access: AccessControl,
+    access: Arc<AccessControl>,
 }
 
 impl Principal {
