@@ -103,6 +103,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[rate_limits]`: switch and per-policy overrides (`KEEL_RATE_LIMITS__ENABLED=false`).
     pub rate_limits: crate::limits::RateLimitConfig,
+    /// `[audit]`: retention, the outbox relay and exports.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for Config {
@@ -122,6 +124,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             rate_limits: crate::limits::RateLimitConfig::default(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
@@ -527,6 +530,7 @@ impl Config {
         }
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
+        problems.extend(self.audit.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

@@ -1,5 +1,5 @@
-//! The kernel's own module: operational routes (liveness, readiness, the OpenAPI document)
-//! and the kernel's migrations.
+//! The kernel's own module: operational routes (liveness, readiness, the OpenAPI document),
+//! the kernel's migrations and the fixtures the isolation probe uses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,6 +33,7 @@ impl Module for KernelModule {
             crate::migration!(1, "0001_instance", "migrations"),
             crate::migration!(2, "0002_identity", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
+            crate::migration!(5, "0005_audit", "migrations"),
         ]
     }
 
@@ -43,6 +44,7 @@ impl Module for KernelModule {
             .routes(routes!(openapi_document))
             .merge(crate::auth::routes::router())
             .merge(crate::partners::routes::router())
+            .merge(crate::audit::routes::router())
     }
 
     fn rate_limit_policies(&self) -> Vec<crate::limits::Policy> {
@@ -370,6 +372,33 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                     tx.commit().await?;
                     Ok(FixtureResource {
                         paths: vec![format!("/api/v1/api-keys/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "audit_event",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    use crate::audit::{self, AuditContext, NewEvent};
+                    let ctx = AuditContext::system("fixture");
+                    let (scope, ctx) = (&scope, &ctx);
+                    let event = state
+                        .db
+                        .transaction(|tx| {
+                            Box::pin(async move {
+                                audit::record(
+                                    tx,
+                                    scope,
+                                    ctx,
+                                    NewEvent::new("fixture.created", "fixture", None::<Uuid>),
+                                )
+                                .await
+                            })
+                        })
+                        .await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/audit/events/{}", event.id)],
                     })
                 })
             }),

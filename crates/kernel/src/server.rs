@@ -130,6 +130,7 @@ impl Application {
             limits,
             route_policies,
             auth,
+            audit: Arc::new(crate::audit::AuditRuntime::default()),
             openapi_json,
             installation_id,
             node_id: uuid::Uuid::now_v7(),
@@ -216,7 +217,15 @@ impl Application {
             }
         };
         let mut server = server;
-        let sync = tokio::spawn(crate::auth::revocation::sync_forever(
+        let (relay_stop, relay_stopped) = tokio::sync::watch::channel(false);
+        let relay = AbortOnDrop(tokio::spawn(crate::audit::outbox::run_relay(
+            self.state.db.clone(),
+            self.state.audit.bus.clone(),
+            self.state.config.audit.relay_poll(),
+            u64::from(self.state.config.audit.relay_batch),
+            relay_stopped,
+        )));
+        let sync = AbortOnDrop(tokio::spawn(crate::auth::revocation::sync_forever(
             self.state.auth.revocations.clone(),
             self.state.db.clone(),
             self.state
@@ -225,7 +234,7 @@ impl Application {
                 .as_ref()
                 .map(|u| u.expose().to_string()),
             crate::auth::revocation_poll(&self.state.config),
-        ));
+        )));
         let stopped_at = tokio::select! {
             result = &mut server => {
                 result.context("server task failed")?.context("server failed")?;
@@ -247,7 +256,20 @@ impl Application {
                 .context("server failed")?;
             clean = stopped_at.elapsed() < grace;
         }
-        sync.abort();
+        drop(sync);
+        // The relay makes a last pass for what committed before shutdown; a bounded wait,
+        // since whatever it leaves is delivered by the next node to run.
+        let _ = relay_stop.send(true);
+        let mut relay = relay;
+        if tokio::time::timeout(Duration::from_secs(5), &mut relay.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the audit outbox relay did not stop in time; undelivered events stay queued"
+            );
+        }
+        drop(relay);
         self.state.db.close().await;
         if clean {
             tracing::info!("shutdown complete");
@@ -255,6 +277,15 @@ impl Application {
             tracing::warn!("shutdown grace period ran out; remaining connections were closed");
         }
         Ok(ShutdownReport { clean })
+    }
+}
+
+/// A background task that ends with its owner, however the owner returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

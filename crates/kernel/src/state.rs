@@ -25,6 +25,8 @@ pub struct AppInner {
     pub route_policies: std::collections::HashMap<(http::Method, String), &'static str>,
     /// Tokens, password hashing, revocations, roles, the mailer and the key ring.
     pub auth: Arc<crate::auth::AuthRuntime>,
+    /// The audit trail's event bus (where the outbox relay delivers committed events).
+    pub audit: Arc<crate::audit::AuditRuntime>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.
