@@ -1,6 +1,6 @@
 //! `keel`: the one binary. `keel serve` runs the HTTP API with the job workers and the
-//! scheduler; `keel worker` runs only job queues (scale-out); `keel migrate`, `keel config`
-//! and `keel keys` are the operator's tools.
+//! scheduler; `keel worker` runs only job queues (scale-out); `keel migrate`, `keel config`,
+//! `keel keys` and `keel audit` are the operator's tools.
 //!
 //! Exit codes: 0 success (and a clean shutdown), 1 failure, 2 invalid configuration,
 //! 3 shutdown whose grace period ran out before in-flight requests or running jobs finished.
@@ -60,6 +60,23 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The audit trail: verify its hash chains, prune by retention.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Walk the hash chains and report the first broken link of each (exit 1 if any).
+    Verify {
+        /// Only this organization's chain (the nil UUID is the platform chain).
+        #[arg(long)]
+        org: Option<uuid::Uuid>,
+    },
+    /// Delete events older than `[audit] retention_days`, behind a recorded checkpoint.
+    Prune,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +135,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Worker { queues } => worker(config, queues).await,
             Command::Migrate { action } => migrate_cmd(config, action).await,
+            Command::Audit { action } => audit_cmd(config, action).await,
             Command::Config {
                 action: ConfigAction::Check,
             } => {
@@ -210,6 +228,89 @@ async fn worker(mut config: Config, queues: Vec<String>) -> anyhow::Result<ExitC
     } else {
         ExitCode::from(EXIT_UNCLEAN_SHUTDOWN)
     })
+}
+
+async fn audit_cmd(config: Config, action: AuditAction) -> anyhow::Result<ExitCode> {
+    use keel_kernel::audit;
+    keel_kernel::observe::init_logging(&config);
+    let registry = server::registry(&config, modules())?;
+    let db = Db::connect(&config).await?;
+    // The audit tables must exist and match this build.
+    migrate::verify(&db, &registry.migrations()).await?;
+    let label = |org: uuid::Uuid| {
+        if org == audit::PLATFORM_ORG {
+            "platform".to_string()
+        } else {
+            org.to_string()
+        }
+    };
+    let code = match action {
+        AuditAction::Verify { org } => {
+            let orgs = match org {
+                Some(o) => vec![o],
+                None => audit::chains(&db).await?,
+            };
+            let mut broken = 0;
+            for org in orgs {
+                let r = audit::verify(&db, org).await?;
+                match &r.broken {
+                    None => println!(
+                        "{}: ok ({} events checked{}{})",
+                        label(org),
+                        r.events_checked,
+                        r.checkpoint
+                            .as_ref()
+                            .map(|c| format!(", from checkpoint {}", c.seq))
+                            .unwrap_or_default(),
+                        r.head_hash
+                            .as_ref()
+                            .map(|h| format!(", head {h}"))
+                            .unwrap_or_default(),
+                    ),
+                    Some(b) => {
+                        broken += 1;
+                        println!(
+                            "{}: BROKEN at event {}{}: {}",
+                            label(org),
+                            b.seq,
+                            b.event_id.map(|id| format!(" ({id})")).unwrap_or_default(),
+                            b.reason
+                        );
+                    }
+                }
+            }
+            if broken > 0 {
+                ExitCode::from(EXIT_FAILURE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        AuditAction::Prune => {
+            let report = audit::prune(&db, &config.audit, keel_kernel::store::now()).await?;
+            if config.audit.retention_days.is_none() {
+                println!(
+                    "audit.retention_days is not set: audit events are kept forever; nothing to prune"
+                );
+            } else {
+                for c in &report.chains {
+                    println!(
+                        "{}: {} events deleted; checkpoint at {}{}",
+                        label(c.org_id),
+                        c.events_deleted,
+                        c.checkpoint_seq,
+                        if c.new_checkpoint { " (new)" } else { "" }
+                    );
+                }
+            }
+            println!(
+                "{} delivered outbox messages removed",
+                report.outbox_deleted
+            );
+            ExitCode::SUCCESS
+        }
+    };
+    db.close().await;
+    Ok(code)
 }
 
 async fn migrate_cmd(config: Config, action: MigrateAction) -> anyhow::Result<ExitCode> {

@@ -107,6 +107,8 @@ pub struct Config {
     pub rate_limits: crate::limits::RateLimitConfig,
     pub jobs: JobsConfig,
     pub scheduler: SchedulerConfig,
+    /// `[audit]`: retention, the outbox relay and exports.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for Config {
@@ -129,6 +131,7 @@ impl Default for Config {
             rate_limits: crate::limits::RateLimitConfig::default(),
             jobs: JobsConfig::default(),
             scheduler: SchedulerConfig::default(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
@@ -761,6 +764,7 @@ impl Config {
         }
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
+        problems.extend(self.audit.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

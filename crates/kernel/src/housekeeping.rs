@@ -1,6 +1,7 @@
 //! Kernel housekeeping, run by the scheduler (once per tick across all nodes): removes what
 //! has expired — idempotency keys, sessions and their refresh history, revocation entries,
-//! one-time tokens, two-factor challenges, stale brute-force counters — and trims the
+//! one-time tokens, two-factor challenges, stale brute-force counters, audit events past
+//! their retention (behind a checkpoint) and delivered outbox messages — and trims the
 //! in-process rate-limit state. Each step is idempotent, so a rerun is harmless.
 
 use chrono::TimeDelta;
@@ -36,7 +37,12 @@ pub fn job() -> JobDefinition {
     JobDefinition::new(|ctx: JobContext, _tick: Housekeeping| async move {
         let swept = sweep(&ctx.state).await.map_err(JobError::Retry)?;
         ctx.state.limits.prune();
-        tracing::info!(?swept, "housekeeping done");
+        // Audit retention (a no-op unless `audit.retention_days` is set) and delivered
+        // outbox messages.
+        let pruned = crate::audit::prune(&ctx.state.db, &ctx.state.config.audit, now())
+            .await
+            .map_err(|e| JobError::Retry(e.into()))?;
+        tracing::info!(?swept, ?pruned, "housekeeping done");
         Ok::<_, JobError>(swept)
     })
 }

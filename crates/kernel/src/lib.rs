@@ -8,12 +8,14 @@
 //! - [`server`] — start-up and graceful shutdown;
 //! - [`ops`] — liveness, readiness and the OpenAPI document;
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
+//! - [`audit`] — the append-only, hash-chained audit trail and its transactional outbox;
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;

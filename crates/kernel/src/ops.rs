@@ -1,5 +1,6 @@
-//! The kernel's own module: operational routes (liveness, readiness, the OpenAPI document)
-//! and the kernel's migrations (the installation record; jobs and the scheduler).
+//! The kernel's own module: operational routes (liveness, readiness, the OpenAPI document),
+//! the kernel's migrations (installation, identity, jobs, idempotency, audit) and the fixtures
+//! the isolation probe uses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,6 +35,7 @@ impl Module for KernelModule {
             crate::migration!(2, "0002_identity", "migrations"),
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
+            crate::migration!(5, "0005_audit", "migrations"),
         ]
     }
 
@@ -45,6 +47,7 @@ impl Module for KernelModule {
             .routes(routes!(crate::metrics::prometheus))
             .merge(crate::auth::routes::router())
             .merge(crate::partners::routes::router())
+            .merge(crate::audit::routes::router())
             .merge(crate::jobs::routes::router())
     }
 
@@ -408,6 +411,33 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                     tx.commit().await?;
                     Ok(FixtureResource {
                         paths: vec![format!("/api/v1/jobs/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "audit_event",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    use crate::audit::{self, AuditContext, NewEvent};
+                    let ctx = AuditContext::system("fixture");
+                    let (scope, ctx) = (&scope, &ctx);
+                    let event = state
+                        .db
+                        .transaction(|tx| {
+                            Box::pin(async move {
+                                audit::record(
+                                    tx,
+                                    scope,
+                                    ctx,
+                                    NewEvent::new("fixture.created", "fixture", None::<Uuid>),
+                                )
+                                .await
+                            })
+                        })
+                        .await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/audit/events/{}", event.id)],
                     })
                 })
             }),

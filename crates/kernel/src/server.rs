@@ -146,6 +146,7 @@ async fn prepare(
         limits,
         route_policies,
         auth,
+        audit: Arc::new(crate::audit::AuditRuntime::default()),
         jobs,
         openapi_json,
         installation_id,
@@ -313,6 +314,14 @@ impl Application {
         let mut server = AbortOnDrop(server);
         crate::metrics::handle();
         let upkeep = AbortOnDrop(tokio::spawn(crate::metrics::upkeep_forever()));
+        let (relay_stop, relay_stopped) = tokio::sync::watch::channel(false);
+        let relay = AbortOnDrop(tokio::spawn(crate::audit::outbox::run_relay(
+            self.state.db.clone(),
+            self.state.audit.bus.clone(),
+            self.state.config.audit.relay_poll(),
+            u64::from(self.state.config.audit.relay_batch),
+            relay_stopped,
+        )));
         let sync = AbortOnDrop(tokio::spawn(crate::auth::revocation::sync_forever(
             self.state.auth.revocations.clone(),
             self.state.db.clone(),
@@ -358,6 +367,19 @@ impl Application {
         };
         drop(sync);
         drop(upkeep);
+        // The relay makes a last pass for what committed before shutdown; a bounded wait,
+        // since whatever it leaves is delivered by the next node to run.
+        let _ = relay_stop.send(true);
+        let mut relay = relay;
+        if tokio::time::timeout(Duration::from_secs(5), &mut relay.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the audit outbox relay did not stop in time; undelivered events stay queued"
+            );
+        }
+        drop(relay);
         self.state.db.close().await;
         if jobs.released > 0 {
             clean = false;

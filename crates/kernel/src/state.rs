@@ -28,6 +28,8 @@ pub struct AppInner {
     pub auth: Arc<crate::auth::AuthRuntime>,
     /// Enqueues background jobs inside a transaction (`state.jobs.enqueue(&mut tx, …)`).
     pub jobs: Jobs,
+    /// The audit trail's event bus (where the outbox relay delivers committed events).
+    pub audit: Arc<crate::audit::AuditRuntime>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

@@ -170,6 +170,10 @@ impl TestDb {
                 Some(proxy) => replace_host_port(url, proxy.addr()),
                 None => url.clone(),
             };
+            // Tags this database's sessions, so dropping it can end any a finished test left
+            // behind (a task cut off mid-transaction when the test's runtime shut down).
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let url = format!("{url}{sep}application_name={schema}");
             config.database_url = Some(Secret::new(url));
             config.database.schema = Some(schema.clone());
             config.database.max_connections = 5;
@@ -197,6 +201,15 @@ impl Drop for TestDb {
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    // A session of this test still open (its runtime is gone, so nobody will
+                    // ever finish its transaction) would hold locks the DROP waits on forever.
+                    let end = format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = '{schema}' AND pid <> pg_backend_pid()"
+                    );
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(end))
+                        .execute(&mut conn)
+                        .await;
                     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                         .execute(&mut conn)
@@ -325,7 +338,9 @@ impl TestApp {
         }
     }
 
-    fn serve(app: Application, db: Arc<TestDb>) -> TestApp {
+    /// Serves an application built with [`TestAppBuilder::build`] (a test may prepare its
+    /// state first, e.g. subscribe to events before the server's background tasks start).
+    pub fn serve(app: Application, db: Arc<TestDb>) -> TestApp {
         let addr = app.local_addr();
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel::<()>();

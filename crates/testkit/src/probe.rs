@@ -1,5 +1,7 @@
 //! A small module for kernel tests: routes that echo, sleep, panic and store rows, so the
-//! HTTP stack, the store and the module seam can be exercised through real requests.
+//! HTTP stack, the store and the module seam can be exercised through real requests. The
+//! audited item route is a complete example of an app write: a retried transaction, an
+//! encrypted field, and its audit event committing with it.
 
 use std::time::Duration;
 
@@ -7,6 +9,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
+use keel_kernel::audit::{self, AuditContext, Changes, NewEvent};
+use keel_kernel::auth::Authorized;
+use keel_kernel::auth::access::perms;
 use keel_kernel::http::{ApiError, ApiResult, ClientIp, Json, Path, Query, RequestId};
 use keel_kernel::module::{Module, ModuleRouter};
 use keel_kernel::state::AppState;
@@ -38,6 +43,7 @@ impl Module for ProbeModule {
             .routes(routes!(whoami))
             .routes(routes!(create_item))
             .routes(routes!(get_item))
+            .routes(routes!(create_audited_item))
     }
 }
 
@@ -139,6 +145,97 @@ async fn create_item(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
+        Json(item),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewAuditedItem {
+    pub name: String,
+    /// Stored encrypted; the audit trail only learns that it was set.
+    pub secret: Option<String>,
+    /// Fail after writing the item and its event (both must then be gone).
+    #[serde(default)]
+    pub fail_after_write: bool,
+}
+
+/// What the audit trail is told about an item (the secret as its ciphertext).
+#[derive(Debug, Serialize)]
+struct AuditedItem<'a> {
+    id: Uuid,
+    name: &'a str,
+    secret: Option<&'a str>,
+}
+
+/// Stores an item with an audit event in one transaction (a test-only path: it can fail
+/// after both writes).
+#[utoipa::path(post, path = "/api/v1/test/audited-items", tag = "test",
+    request_body = NewAuditedItem,
+    security(("bearer" = ["org.manage"])),
+    responses((status = 201, body = Item), (status = 409, description = "failed after the write, as asked")))]
+async fn create_audited_item(
+    State(state): State<AppState>,
+    auth: Authorized<perms::OrgManage>,
+    ctx: AuditContext,
+    Json(body): Json<NewAuditedItem>,
+) -> ApiResult<impl IntoResponse> {
+    let item = Item {
+        id: Uuid::now_v7(),
+        name: body.name.clone(),
+        created_at: now(),
+    };
+    let secret = body
+        .secret
+        .as_deref()
+        .map(|s| {
+            state
+                .auth
+                .keyring
+                .encrypt_str(s, &format!("test_items|secret|{}", item.id))
+        })
+        .transpose()
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
+    let (scope, ctx, item_ref, secret) = (&auth.scope(), &ctx, &item, &secret);
+    let fail = body.fail_after_write;
+    state
+        .db
+        .transaction(|tx| {
+            Box::pin(async move {
+                tx.execute(
+                    &Sql::insert()
+                        .into_table("test_items")
+                        .columns(["id", "name", "created_at"])
+                        .values_panic([
+                            item_ref.id.into(),
+                            item_ref.name.clone().into(),
+                            item_ref.created_at.into(),
+                        ])
+                        .to_owned(),
+                )
+                .await?;
+                let view = AuditedItem {
+                    id: item_ref.id,
+                    name: &item_ref.name,
+                    secret: secret.as_deref(),
+                };
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("test_item.created", "test_item", Some(item_ref.id))
+                        .changes(Changes::created(&view, &["secret"])),
+                )
+                .await?;
+                if fail {
+                    return Err(ApiError::conflict("failing after the write, as asked"));
+                }
+                Ok(())
+            })
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/v1/test/items/{}", item.id))],
         Json(item),
     ))
 }

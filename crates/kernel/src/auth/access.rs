@@ -73,6 +73,7 @@ pub mod perms {
     crate::permission!(pub ApiKeysManage = "api_keys.manage");
     crate::permission!(pub SecurityRead = "security.read");
     crate::permission!(pub JobsManage = "jobs.manage");
+    crate::permission!(pub AuditRead = "audit.read");
 }
 
 pub fn kernel_permissions() -> Vec<Permission> {
@@ -120,6 +121,11 @@ pub fn kernel_permissions() -> Vec<Permission> {
         Permission {
             name: "security.read",
             description: "Read security events (failed sign-ins, lockouts, token reuse)",
+            default_roles: &[ADMIN],
+        },
+        Permission {
+            name: "audit.read",
+            description: "Read, export and verify the organization's audit trail",
             default_roles: &[ADMIN],
         },
     ]

@@ -26,14 +26,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, header};
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::crypto::KeyRing;
-use crate::http::{ApiError, ClientIp};
+use crate::http::ApiError;
 use crate::mail::Mailer;
 use crate::module::Registry;
 use crate::state::AppState;
@@ -359,19 +359,15 @@ async fn acting_org(
     if !store::org_exists(&state.db, org).await? {
         return Err(ApiError::not_found().detail("no organization has that id"));
     }
-    let ip = parts.extensions.get::<ClientIp>().map(|c| c.0.to_string());
-    let route = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_default();
+    // Every use of another organization is audited in that organization's chain.
+    let ctx = crate::audit::AuditContext::from_parts(parts);
     store::security_event(
         &state.db,
         Some(org),
         Some(principal.user_id),
         SecurityEventKind::OrgOverride,
-        ip.as_deref(),
-        serde_json::json!({ "method": parts.method.as_str(), "route": route, "home_org": principal.home_org }),
+        &ctx,
+        serde_json::json!({ "home_org": principal.home_org }),
     )
     .await?;
     Ok(org)

@@ -14,6 +14,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::ApiKeyRecord;
+use crate::audit::store::EventFilter;
+use crate::audit::{AuditContext, Changes, EventActor, NewEvent};
 use crate::http::pagination::PageRequest;
 use crate::store::{Db, StoreError, Tx, now};
 use crate::tenancy::TenantScope;
@@ -1392,7 +1394,12 @@ pub async fn use_recovery_code(
 }
 
 // ---------------------------------------------------------------------------------------
-// Security events (until the audit trail takes them over)
+// Security events: audit events with `auth.*` actions
+//
+// Failed sign-ins, lockouts, blocked addresses, refresh-token reuse, super-admin access to
+// another organization and credential changes are written to the audit trail (in the
+// caller's transaction) and read back as a filtered view of it. An event about no known
+// account (a failed sign-in for an unknown address, a blocked IP) goes to the platform chain.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -1424,117 +1431,157 @@ impl SecurityEventKind {
             Self::RecoveryCodeUsed => "recovery_code_used",
         }
     }
+
+    /// The audit action: `auth.<kind>`.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::LoginFailed => "auth.login_failed",
+            Self::AccountLocked => "auth.account_locked",
+            Self::IpBlocked => "auth.ip_blocked",
+            Self::RefreshReuse => "auth.refresh_reuse",
+            Self::OrgOverride => "auth.org_override",
+            Self::PasswordChanged => "auth.password_changed",
+            Self::PasswordReset => "auth.password_reset",
+            Self::TotpEnabled => "auth.totp_enabled",
+            Self::TotpDisabled => "auth.totp_disabled",
+            Self::RecoveryCodeUsed => "auth.recovery_code_used",
+        }
+    }
+
+    /// Refusals are failures with a stable code; the rest succeeded.
+    fn failure_code(self) -> Option<&'static str> {
+        match self {
+            Self::LoginFailed => Some("invalid_credentials"),
+            Self::AccountLocked => Some("account_locked"),
+            Self::IpBlocked => Some("ip_blocked"),
+            Self::RefreshReuse => Some("refresh_token_reused"),
+            _ => None,
+        }
+    }
+
+    /// Whether the user named is the one acting (rather than the account someone tried).
+    fn user_acts(self) -> bool {
+        matches!(
+            self,
+            Self::OrgOverride
+                | Self::PasswordChanged
+                | Self::PasswordReset
+                | Self::TotpEnabled
+                | Self::TotpDisabled
+                | Self::RecoveryCodeUsed
+        )
+    }
+
+    /// The fields the event changed; credentials and second-factor material only as
+    /// "changed".
+    fn changes(self) -> Changes {
+        match self {
+            Self::PasswordChanged | Self::PasswordReset => Changes::new().secret("password_hash"),
+            Self::TotpEnabled => Changes::new()
+                .field("totp_enabled", false, true)
+                .secret("recovery_codes"),
+            Self::TotpDisabled => Changes::new()
+                .field("totp_enabled", true, false)
+                .secret("totp_secret")
+                .secret("recovery_codes"),
+            Self::RecoveryCodeUsed => Changes::new().secret("recovery_codes"),
+            _ => Changes::new(),
+        }
+    }
 }
 
-fn security_insert(
-    org_id: Option<Uuid>,
-    user_id: Option<Uuid>,
-    kind: SecurityEventKind,
-    ip: Option<&str>,
-    detail: serde_json::Value,
-) -> sea_query::InsertStatement {
-    Query::insert()
-        .into_table("security_events")
-        .columns([
-            "id",
-            "org_id",
-            "user_id",
-            "kind",
-            "ip",
-            "detail",
-            "created_at",
-        ])
-        .values_panic([
-            Uuid::now_v7().into(),
-            org_id.into(),
-            user_id.into(),
-            kind.as_str().into(),
-            ip.map(str::to_string).into(),
-            detail.to_string().into(),
-            now().into(),
-        ])
-        .to_owned()
-}
-
+/// Records a security event in its own transaction.
 pub async fn security_event(
     db: &Db,
     org_id: Option<Uuid>,
     user_id: Option<Uuid>,
     kind: SecurityEventKind,
-    ip: Option<&str>,
+    ctx: &AuditContext,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    db.execute(&security_insert(org_id, user_id, kind, ip, detail))
-        .await?;
-    Ok(())
+    let detail = &detail;
+    db.transaction(|tx| {
+        Box::pin(
+            async move { security_event_tx(tx, org_id, user_id, kind, ctx, detail.clone()).await },
+        )
+    })
+    .await
 }
 
+/// Records a security event in the caller's transaction: an audit event with action
+/// `auth.<kind>` in the organization's chain (the platform chain when there is none).
 pub async fn security_event_tx(
     tx: &mut Tx,
     org_id: Option<Uuid>,
     user_id: Option<Uuid>,
     kind: SecurityEventKind,
-    ip: Option<&str>,
+    ctx: &AuditContext,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    tx.execute(&security_insert(org_id, user_id, kind, ip, detail))
-        .await?;
+    let actor = match user_id {
+        Some(u) if kind.user_acts() => EventActor::user(u),
+        _ => EventActor::anonymous(),
+    };
+    let mut event = match kind {
+        SecurityEventKind::IpBlocked => NewEvent::new(kind.action(), "client_ip", None::<Uuid>),
+        SecurityEventKind::OrgOverride => NewEvent::new(kind.action(), "organization", org_id),
+        _ => NewEvent::new(kind.action(), "user", user_id),
+    }
+    .changes(kind.changes())
+    .details(detail);
+    if let Some(code) = kind.failure_code() {
+        event = event.failure(code);
+    }
+    crate::audit::record_as(tx, org_id, &actor, ctx, event).await?;
     Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SecurityEvent {
     pub id: Uuid,
+    /// The account concerned (the one acting, or the one someone tried to sign in to).
     pub user_id: Option<Uuid>,
     pub kind: String,
+    /// Masked (`203.0.x.x`).
     pub ip: Option<String>,
     #[schema(value_type = Object)]
     pub detail: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
 
+/// The organization's security events: its audit events with an `auth.` action.
 pub async fn list_security_events(
     db: &Db,
     scope: &TenantScope,
     kind: Option<&str>,
     page: &PageRequest,
 ) -> Result<(Vec<SecurityEvent>, u64), StoreError> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: Uuid,
-        user_id: Option<Uuid>,
-        kind: String,
-        ip: Option<String>,
-        detail: String,
-        created_at: DateTime<Utc>,
-    }
-    let mut cond = Cond::all().add(Expr::col("org_id").eq(scope.org_id()));
-    if let Some(k) = kind {
-        cond = cond.add(Expr::col("kind").eq(k));
-    }
-    let rows: Vec<Row> = db
-        .fetch_all(
-            &Query::select()
-                .columns(["id", "user_id", "kind", "ip", "detail", "created_at"])
-                .from("security_events")
-                .cond_where(cond.clone())
-                .order_by("created_at", Order::Desc)
-                .order_by("id", Order::Desc)
-                .limit(page.page_size)
-                .offset(page.offset())
-                .to_owned(),
-        )
-        .await?;
-    let total = count_where(db, "security_events", cond).await?;
+    let filter = EventFilter {
+        action: Some(match kind {
+            Some(k) => format!("auth.{k}"),
+            None => "auth.*".into(),
+        }),
+        ..EventFilter::default()
+    };
+    let (events, total) = crate::audit::store::list(db, scope.org_id(), &filter, page).await?;
     Ok((
-        rows.into_iter()
-            .map(|r| SecurityEvent {
-                id: r.id,
-                user_id: r.user_id,
-                kind: r.kind,
-                ip: r.ip,
-                detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::Null),
-                created_at: r.created_at,
+        events
+            .into_iter()
+            .map(|e| SecurityEvent {
+                id: e.id,
+                user_id: e.actor.user_id().or_else(|| {
+                    (e.resource_type == "user")
+                        .then(|| {
+                            e.resource_id
+                                .as_deref()
+                                .and_then(|s| Uuid::parse_str(s).ok())
+                        })
+                        .flatten()
+                }),
+                kind: e.action.trim_start_matches("auth.").to_string(),
+                ip: e.context.ip,
+                detail: e.detail.unwrap_or_else(|| serde_json::json!({})),
+                created_at: e.created_at,
             })
             .collect(),
         total,

@@ -121,6 +121,7 @@ pub async fn verify_login_code(
     tx: &mut Tx,
     user: &UserRow,
     code: &str,
+    ctx: &crate::audit::AuditContext,
 ) -> Result<bool, crate::http::ApiError> {
     if !user.totp_enabled {
         return Ok(false);
@@ -136,7 +137,7 @@ pub async fn verify_login_code(
             Some(user.org_id),
             Some(user.id),
             SecurityEventKind::RecoveryCodeUsed,
-            None,
+            ctx,
             serde_json::json!({}),
         )
         .await?;

@@ -31,6 +31,10 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
+/// When the request arrived (for durations recorded by handlers, e.g. in audit events).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
+
 /// The client's address, after trusted-proxy resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
@@ -108,6 +112,7 @@ pub async fn request_context(
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(request_id.clone()));
     req.extensions_mut().insert(ClientIp(client_ip));
+    req.extensions_mut().insert(RequestStart(started));
 
     let span = tracing::info_span!(
         "request",

@@ -264,6 +264,14 @@ impl From<StoreError> for ApiError {
                 err.source = Some(source.into());
                 err
             }
+            StoreError::Contention(source) => {
+                let mut err = ApiError::service_unavailable(
+                    "the database is busy with conflicting changes; retry shortly",
+                )
+                .with_header(header::RETRY_AFTER, 1);
+                err.source = Some(source.into());
+                err
+            }
             StoreError::Other(source) => ApiError::internal(source),
         }
     }

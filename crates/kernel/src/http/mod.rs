@@ -6,6 +6,7 @@
 //!
 //! Routes come from the enabled modules; anything unmatched answers a 404 problem.
 
+pub mod concurrency;
 pub mod context;
 pub mod error;
 pub mod extract;
@@ -24,7 +25,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-pub use context::{ClientIp, RequestId};
+pub use concurrency::{ExpectedVersion, expected_version, stale};
+pub use context::{ClientIp, RequestId, RequestStart};
 pub use error::{ApiError, ApiResult, FieldError, Problem};
 pub use extract::{Json, Path, Query};
 

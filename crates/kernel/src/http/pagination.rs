@@ -1,7 +1,9 @@
 //! List pages as the API conventions describe them: `page` (≥ 1), `page_size` (1–100,
 //! default 20), `sort` (a whitelisted field, `-` for descending) and the
-//! `{"data": […], "pagination": {…}}` envelope with exact totals.
+//! `{"data": […], "pagination": {…}}` envelope with exact totals; and the
+//! `created_from` / `created_to` date range every list may take.
 
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -74,6 +76,67 @@ impl PageParams {
     }
 }
 
+/// `created_from` / `created_to`: a half-open time range, each bound RFC 3339
+/// (`2025-03-01T10:00:00Z`) or a date (`2025-03-01`, midnight UTC).
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreatedRangeParams {
+    /// Created at or after (RFC 3339 or `YYYY-MM-DD`).
+    pub created_from: Option<String>,
+    /// Created before (RFC 3339 or `YYYY-MM-DD`).
+    pub created_to: Option<String>,
+}
+
+/// A validated half-open range `[from, to)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreatedRange {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl CreatedRangeParams {
+    pub fn resolve(&self) -> Result<CreatedRange, ApiError> {
+        let mut errors = Vec::new();
+        let mut parse = |field: &str, v: &Option<String>| match v.as_deref().map(parse_instant) {
+            Some(Some(t)) => Some(t),
+            Some(None) => {
+                errors.push(FieldError::new(
+                    field,
+                    "must be an RFC 3339 time (2025-03-01T10:00:00Z) or a date (2025-03-01)",
+                ));
+                None
+            }
+            None => None,
+        };
+        let from = parse("created_from", &self.created_from);
+        let to = parse("created_to", &self.created_to);
+        if let (Some(f), Some(t)) = (from, to)
+            && f > t
+        {
+            errors.push(FieldError::new(
+                "created_to",
+                "must not be before created_from",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        Ok(CreatedRange { from, to })
+    }
+}
+
+/// An instant from RFC 3339 or a `YYYY-MM-DD` date (its midnight, UTC).
+pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PageInfo {
     pub page: Option<u64>,
@@ -117,6 +180,40 @@ impl<T> Paged<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_ranges_take_rfc3339_or_dates_and_must_be_ordered() {
+        let r = CreatedRangeParams {
+            created_from: Some("2025-03-01".into()),
+            created_to: Some("2025-03-02T12:00:00+02:00".into()),
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(
+            r.from.map(|t| t.to_rfc3339()),
+            Some("2025-03-01T00:00:00+00:00".into())
+        );
+        assert_eq!(
+            r.to.map(|t| t.to_rfc3339()),
+            Some("2025-03-02T10:00:00+00:00".into())
+        );
+        assert!(
+            CreatedRangeParams {
+                created_from: Some("yesterday".into()),
+                created_to: None
+            }
+            .resolve()
+            .is_err()
+        );
+        assert!(
+            CreatedRangeParams {
+                created_from: Some("2025-03-02".into()),
+                created_to: Some("2025-03-01".into())
+            }
+            .resolve()
+            .is_err()
+        );
+    }
 
     #[test]
     fn bounds_and_sort_whitelist_are_enforced() {

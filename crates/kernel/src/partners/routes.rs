@@ -1,4 +1,5 @@
-//! `/api/v1/partners`.
+//! `/api/v1/partners`. Every change commits with its audit event (`partner.created`,
+//! `partner.updated`, `partner.deleted`).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -8,10 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::store::{self, KINDS, Partner};
+use crate::audit::{self, AuditContext, Changes, NewEvent};
 use crate::auth::Authorized;
 use crate::auth::access::perms;
 use crate::auth::domain::parse_name;
-use crate::auth::routes::users::{expected_version, stale};
+use crate::http::concurrency::{expected_version, stale_for, version_of};
 use crate::http::pagination::{PageParams, Paged};
 use crate::http::{ApiError, ApiResult, FieldError, Json, Path, Query};
 use crate::module::ModuleRouter;
@@ -76,12 +78,28 @@ pub struct PartnerInput {
 pub async fn create_partner(
     State(state): State<AppState>,
     auth: Authorized<perms::PartnersManage>,
+    ctx: AuditContext,
     Json(body): Json<PartnerInput>,
 ) -> ApiResult<Response> {
     let (name, kind) = validate(&body)?;
-    let mut tx = state.db.begin().await?;
-    let partner = store::insert(&mut tx, &auth.scope(), &name, kind).await?;
-    tx.commit().await?;
+    let (scope, ctx, name) = (&auth.scope(), &ctx, &name);
+    let partner = state
+        .db
+        .transaction(|tx| {
+            Box::pin(async move {
+                let partner = store::insert(tx, scope, name, kind).await?;
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("partner.created", "partner", Some(partner.id))
+                        .changes(Changes::created(&partner, &[])),
+                )
+                .await?;
+                Ok::<_, ApiError>(partner)
+            })
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v1/partners/{}", partner.id))],
@@ -124,20 +142,37 @@ pub async fn get_partner(
 pub async fn update_partner(
     State(state): State<AppState>,
     auth: Authorized<perms::PartnersManage>,
+    ctx: AuditContext,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     Json(body): Json<PartnerInput>,
 ) -> ApiResult<Json<Partner>> {
     let expected = expected_version(&headers, body.version)?;
     let (name, kind) = validate(&body)?;
-    let scope = auth.scope();
-    let mut tx = state.db.begin().await?;
-    store::get(&mut tx, &scope, id).await?;
-    if !store::update(&mut tx, &scope, id, &name, kind, expected.map(|e| e.0)).await? {
-        return Err(stale(expected.is_some_and(|e| e.1)));
-    }
-    let partner = store::get(&mut tx, &scope, id).await?;
-    tx.commit().await?;
+    let (scope, ctx, name) = (&auth.scope(), &ctx, &name);
+    let partner = state
+        .db
+        .transaction(|tx| {
+            Box::pin(async move {
+                let before = store::get(tx, scope, id).await?;
+                if !store::update(tx, scope, id, name, kind, version_of(expected)).await? {
+                    return Err(stale_for(expected));
+                }
+                let after = store::get(tx, scope, id).await?;
+                let diff = Changes::diff(&before, &after, &[]);
+                if !diff.is_empty() {
+                    audit::record(
+                        tx,
+                        scope,
+                        ctx,
+                        NewEvent::new("partner.updated", "partner", Some(id)).changes(diff),
+                    )
+                    .await?;
+                }
+                Ok(after)
+            })
+        })
+        .await?;
     Ok(Json(partner))
 }
 
@@ -149,10 +184,13 @@ pub async fn update_partner(
 pub async fn delete_partner(
     State(state): State<AppState>,
     auth: Authorized<perms::PartnersManage>,
+    ctx: AuditContext,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
+    let scope = auth.scope();
     let mut tx = state.db.begin().await?;
-    let deleted = store::delete(&mut tx, &auth.scope(), id)
+    let before = store::get(&mut tx, &scope, id).await?;
+    let deleted = store::delete(&mut tx, &scope, id)
         .await
         .map_err(|e| match e {
             StoreError::Conflict { .. } => {
@@ -163,6 +201,14 @@ pub async fn delete_partner(
     if !deleted {
         return Err(ApiError::not_found());
     }
+    audit::record(
+        &mut tx,
+        &scope,
+        &ctx,
+        NewEvent::new("partner.deleted", "partner", Some(id))
+            .changes(Changes::deleted(&before, &[])),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

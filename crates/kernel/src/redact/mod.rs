@@ -68,6 +68,14 @@ use fields::FieldRules;
 use mask::Masker;
 use scan::Scanner;
 
+/// An IP address as Keel keeps it wherever it must not identify a person (logs, the audit
+/// trail): the network part with the host part masked (`192.168.x.x`,
+/// `2001:db8:85a3:x:x:x:x:x`); loopback and unspecified addresses as they are (they name no
+/// one).
+pub fn mask_ip(ip: std::net::IpAddr) -> String {
+    mask::mask_ip(ip).unwrap_or_else(|| ip.to_string())
+}
+
 /// What a secret is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 

@@ -10,8 +10,17 @@
 //! - timestamps are `DateTime<Utc>` truncated to microseconds ([`now`]); SQLite stores them
 //!   as RFC 3339 text whose lexical order is their time order;
 //! - text comparisons that must ignore case use `lower()` on both sides.
+//!
+//! Units of work: [`Db::transaction`] runs a closure in a transaction and runs it again when
+//! the engine reports contention (PostgreSQL serialization failures and deadlocks, SQLite
+//! busy/locked), with bounded, jittered backoff; [`Tx::savepoint`] nests a unit of work that
+//! can fail on its own without aborting the outer one; [`Tx::after_commit`] runs a hook only
+//! once the transaction is durable (the audit outbox uses it to wake its relay).
 
 pub mod migrate;
+mod unit;
+
+pub use unit::{RetryPolicy, Savepoint, UnitOfWork};
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -46,6 +55,11 @@ pub enum StoreError {
     /// The database is unreachable or the pool is exhausted: retryable by the caller.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// Another transaction got in the way (PostgreSQL serialization failure or deadlock,
+    /// SQLite busy or locked): running the whole transaction again is expected to succeed.
+    /// [`Db::transaction`] does that by itself.
+    #[error("transaction conflict; retry: {0}")]
+    Contention(#[source] sqlx::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -61,12 +75,41 @@ impl From<sqlx::Error> for StoreError {
                     constraint: db.constraint().unwrap_or("unknown").to_string(),
                 }
             }
+            sqlx::Error::Database(db) if is_contention(db.as_ref()) => StoreError::Contention(e),
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
             _ => StoreError::Other(anyhow::Error::new(e)),
         }
+    }
+}
+
+impl StoreError {
+    /// Whether running the transaction again may succeed.
+    pub fn is_contention(&self) -> bool {
+        matches!(self, StoreError::Contention(_))
+    }
+}
+
+fn is_contention(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let engine = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        DatabaseKind::Sqlite
+    } else {
+        DatabaseKind::Postgres
+    };
+    is_contention_code(engine, db.code().as_deref())
+}
+
+/// PostgreSQL SQLSTATE 40001 (serialization failure) and 40P01 (deadlock); SQLite result
+/// codes whose primary code is SQLITE_BUSY (5) or SQLITE_LOCKED (6), extended codes included.
+fn is_contention_code(engine: DatabaseKind, code: Option<&str>) -> bool {
+    match (engine, code) {
+        (DatabaseKind::Postgres, Some(c)) => c == "40001" || c == "40P01",
+        (DatabaseKind::Sqlite, Some(c)) => {
+            c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+        }
+        (_, None) => false,
     }
 }
 
@@ -110,13 +153,13 @@ macro_rules! dispatch {
 
 macro_rules! dispatch_tx {
     ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {
-        match $self {
-            Tx::Sqlite(tx) => {
+        match &mut $self.conn {
+            TxConn::Sqlite(tx) => {
                 let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
                 let $ex = &mut **tx;
                 $body
             }
-            Tx::Postgres(tx) => {
+            TxConn::Postgres(tx) => {
                 let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
                 let $ex = &mut **tx;
                 $body
@@ -248,9 +291,15 @@ impl Db {
     /// Starts a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// a transaction that reads and then writes cannot fail half-way on a lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        let conn = match self {
+            Db::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+        };
+        Ok(Tx {
+            conn,
+            contention: false,
+            after_commit: Vec::new(),
+            savepoints: 0,
         })
     }
 
@@ -300,58 +349,110 @@ impl Db {
 }
 
 /// An open transaction. Dropped without [`Tx::commit`], it rolls back.
-#[derive(Debug)]
-pub enum Tx {
+///
+/// It remembers whether a statement failed on contention, so [`Db::transaction`] can tell a
+/// retryable failure from another whatever error type the unit of work returns.
+pub struct Tx {
+    conn: TxConn,
+    contention: bool,
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    savepoints: u32,
+}
+
+enum TxConn {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("engine", &self.kind())
+            .field("contention", &self.contention)
+            .field("savepoints", &self.savepoints)
+            .field("after_commit", &self.after_commit.len())
+            .finish()
+    }
+}
+
 impl Tx {
+    /// Commits, then runs the [`Tx::after_commit`] hooks (only if the commit succeeded).
     pub async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Sqlite(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
+        let Tx {
+            conn, after_commit, ..
+        } = self;
+        match conn {
+            TxConn::Sqlite(tx) => tx.commit().await?,
+            TxConn::Postgres(tx) => tx.commit().await?,
+        }
+        for hook in after_commit {
+            hook();
         }
         Ok(())
     }
 
     pub async fn rollback(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Sqlite(tx) => tx.rollback().await?,
-            Tx::Postgres(tx) => tx.rollback().await?,
+        match self.conn {
+            TxConn::Sqlite(tx) => tx.rollback().await?,
+            TxConn::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
     }
 
     pub fn kind(&self) -> DatabaseKind {
-        match self {
-            Tx::Sqlite(_) => DatabaseKind::Sqlite,
-            Tx::Postgres(_) => DatabaseKind::Postgres,
+        match self.conn {
+            TxConn::Sqlite(_) => DatabaseKind::Sqlite,
+            TxConn::Postgres(_) => DatabaseKind::Postgres,
         }
+    }
+
+    /// Runs `hook` once this transaction has committed; never if it rolls back (a hook added
+    /// inside a savepoint that rolls back is dropped too). Hooks must be quick and must not
+    /// fail: they signal (wake a relay, invalidate a cache), they do not do work.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(hook));
+    }
+
+    /// Whether a statement of this transaction failed on contention (the transaction is then
+    /// worth running again from the start).
+    pub fn saw_contention(&self) -> bool {
+        self.contention
+    }
+
+    fn observe<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        result.map_err(|e| {
+            let e = StoreError::from(e);
+            if e.is_contention() {
+                self.contention = true;
+            }
+            e
+        })
     }
 
     pub async fn fetch_all<T: Row>(
         &mut self,
         stmt: &impl SqlxBinder,
     ) -> Result<Vec<T>, StoreError> {
-        dispatch_tx!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
+        let result = dispatch_tx!(self, stmt, |sql, values, ex| sqlx::query_as_with(
             AssertSqlSafe(sql),
             values
         )
         .fetch_all(ex)
-        .await?))
+        .await);
+        self.observe(result)
     }
 
     pub async fn fetch_optional<T: Row>(
         &mut self,
         stmt: &impl SqlxBinder,
     ) -> Result<Option<T>, StoreError> {
-        dispatch_tx!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
+        let result = dispatch_tx!(self, stmt, |sql, values, ex| sqlx::query_as_with(
             AssertSqlSafe(sql),
             values
         )
         .fetch_optional(ex)
-        .await?))
+        .await);
+        self.observe(result)
     }
 
     pub async fn fetch_one<T: Row>(&mut self, stmt: &impl SqlxBinder) -> Result<T, StoreError> {
@@ -359,27 +460,24 @@ impl Tx {
     }
 
     pub async fn execute(&mut self, stmt: &impl SqlxBinder) -> Result<u64, StoreError> {
-        dispatch_tx!(self, stmt, |sql, values, ex| Ok(sqlx::query_with(
+        let result = dispatch_tx!(self, stmt, |sql, values, ex| sqlx::query_with(
             AssertSqlSafe(sql),
             values
         )
         .execute(ex)
-        .await?
-        .rows_affected()))
+        .await
+        .map(|r| r.rows_affected()));
+        self.observe(result)
     }
 
-    /// Runs engine-specific SQL that takes no parameters (DDL in migrations). Application
-    /// queries go through the query builder instead.
+    /// Runs engine-specific SQL that takes no parameters (DDL in migrations, savepoints).
+    /// Application queries go through the query builder instead.
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
         let sql = AssertSqlSafe(sql.to_string());
-        match self {
-            Tx::Sqlite(tx) => {
-                sqlx::raw_sql(sql).execute(&mut **tx).await?;
-            }
-            Tx::Postgres(tx) => {
-                sqlx::raw_sql(sql).execute(&mut **tx).await?;
-            }
-        }
-        Ok(())
+        let result = match &mut self.conn {
+            TxConn::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ()),
+            TxConn::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ()),
+        };
+        self.observe(result)
     }
 }

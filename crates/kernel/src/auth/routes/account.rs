@@ -1,13 +1,14 @@
 //! First run, registration, email verification and passwords.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sea_query::{Expr, ExprTrait, Query};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::audit::AuditContext;
 use crate::auth::SignedIn;
 use crate::auth::access::{ADMIN, SUPER_ADMIN};
 use crate::auth::domain::{Email, parse_name};
@@ -15,7 +16,7 @@ use crate::auth::password::check_policy;
 use crate::auth::service;
 use crate::auth::store::{self, Organization, SecurityEventKind, User, UserRow, UserStatus};
 use crate::crypto::token_hash;
-use crate::http::{ApiError, ApiResult, ClientIp, FieldError, Json};
+use crate::http::{ApiError, ApiResult, FieldError, Json};
 use crate::mail::Mail;
 use crate::state::AppState;
 use crate::store::{StoreError, now};
@@ -387,7 +388,7 @@ pub struct ChangePasswordRequest {
 pub async fn change_password(
     State(state): State<AppState>,
     SignedIn(me): SignedIn,
-    ip: axum::Extension<ClientIp>,
+    ctx: AuditContext,
     Json(body): Json<ChangePasswordRequest>,
 ) -> ApiResult<StatusCode> {
     let user = store::user_by_id(&state.db, me.user_id).await?;
@@ -436,7 +437,7 @@ pub async fn change_password(
         Some(user.org_id),
         Some(user.id),
         SecurityEventKind::PasswordChanged,
-        Some(&ip.0.0.to_string()),
+        &ctx,
         serde_json::json!({}),
     )
     .await?;
@@ -512,11 +513,9 @@ pub struct PasswordResetConfirm {
     responses((status = 204, description = "Password set"), (status = 422, description = "Invalid token or weak password")))]
 pub async fn password_reset_confirm(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    ip: axum::Extension<ClientIp>,
+    ctx: AuditContext,
     Json(body): Json<PasswordResetConfirm>,
 ) -> ApiResult<StatusCode> {
-    let _ = headers;
     let mut tx = state.db.begin().await?;
     let Some(user_id) =
         store::consume_email_token(&mut tx, PASSWORD_RESET, &token_hash(&body.token)).await?
@@ -553,7 +552,7 @@ pub async fn password_reset_confirm(
         Some(user.org_id),
         Some(user.id),
         SecurityEventKind::PasswordReset,
-        Some(&ip.0.0.to_string()),
+        &ctx,
         serde_json::json!({}),
     )
     .await?;

@@ -1,5 +1,6 @@
 //! API keys for machine clients: organization-scoped, named, limited to a subset of the
-//! creator's permissions, shown once, stored hashed, revocable.
+//! creator's permissions, shown once, stored hashed, revocable. Creation and revocation are
+//! audited (`api_key.created`, `api_key.revoked`); the key itself never is.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::audit::{self, AuditContext, Changes, NewEvent};
 use crate::auth::access::perms;
 use crate::auth::domain::parse_name;
 use crate::auth::revocation::{self, Revocation, RevocationKind};
@@ -46,6 +48,7 @@ pub struct ApiKeyCreated {
 pub async fn create_api_key(
     State(state): State<AppState>,
     auth: Authorized<perms::ApiKeysManage>,
+    ctx: AuditContext,
     Json(body): Json<NewApiKey>,
 ) -> ApiResult<Response> {
     let mut errors = Vec::new();
@@ -84,16 +87,25 @@ pub async fn create_api_key(
     let key = format!("{API_KEY_PREFIX}{prefix}_{}", random_token(32));
     let id = Uuid::now_v7();
     let perms: Vec<String> = permissions.into_iter().collect();
+    let scope = auth.scope();
     let mut tx = state.db.begin().await?;
     let created = store::insert_api_key(
         &mut tx,
-        &auth.scope(),
+        &scope,
         id,
         auth.user_id,
         &name,
         &format!("{API_KEY_PREFIX}{prefix}"),
         &token_hash(&key),
         &perms,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &scope,
+        &ctx,
+        NewEvent::new("api_key.created", "api_key", Some(id))
+            .changes(Changes::created(&created, &[])),
     )
     .await?;
     tx.commit().await?;
@@ -146,12 +158,21 @@ pub async fn get_api_key(
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     auth: Authorized<perms::ApiKeysManage>,
+    ctx: AuditContext,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
+    let scope = auth.scope();
     let mut tx = state.db.begin().await?;
-    let Some(hash) = store::revoke_api_key(&mut tx, &auth.scope(), id).await? else {
+    let Some(hash) = store::revoke_api_key(&mut tx, &scope, id).await? else {
         return Err(ApiError::not_found());
     };
+    audit::record(
+        &mut tx,
+        &scope,
+        &ctx,
+        NewEvent::new("api_key.revoked", "api_key", Some(id)),
+    )
+    .await?;
     let until: DateTime<Utc> =
         now() + TimeDelta::seconds(state.auth.revocations.api_key_cache_ttl.as_secs() as i64 + 60);
     let list = vec![Revocation {

@@ -1,4 +1,7 @@
-//! The caller's organization: settings, invitations, security events.
+//! The caller's organization: settings, invitations, security events. Changes to settings
+//! and invitations are audited in their transactions (`organization.updated`,
+//! `invitation.created`, `invitation.revoked`); security events are the organization's
+//! `auth.*` audit events.
 //!
 //! The organization in the path must be the one the caller acts in (their own, or the one a
 //! super admin names with `X-Keel-Org`); any other id answers 404.
@@ -11,13 +14,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::users::{expected_version, stale};
+use crate::audit::{self, AuditContext, Changes, NewEvent};
 use crate::auth::access::{PARTNER, perms};
 use crate::auth::domain::{Email, parse_name};
 use crate::auth::service;
 use crate::auth::store::{self, Invitation, Organization, SecurityEvent};
 use crate::auth::{Authorized, Principal};
 use crate::crypto::{random_token, token_hash};
+use crate::http::concurrency::{expected_version, stale_for, version_of};
 use crate::http::pagination::{PageParams, Paged};
 use crate::http::{ApiError, ApiResult, FieldError, Json, Path, Query};
 use crate::mail::Mail;
@@ -91,6 +95,7 @@ fn valid_locale(l: &str) -> bool {
 pub async fn update_org(
     State(state): State<AppState>,
     auth: Authorized<perms::OrgManage>,
+    ctx: AuditContext,
     Path(org_id): Path<Uuid>,
     headers: HeaderMap,
     Json(body): Json<UpdateOrg>,
@@ -145,10 +150,22 @@ pub async fn update_org(
         org.require_admin_2fa = v;
     }
     let mut tx = state.db.begin().await?;
-    let Some(updated) = store::update_org(&mut tx, &scope, &org, expected.map(|e| e.0)).await?
+    let before = store::get_org_tx(&mut tx, scope.org_id()).await?;
+    let Some(updated) = store::update_org(&mut tx, &scope, &org, version_of(expected)).await?
     else {
-        return Err(stale(expected.is_some_and(|e| e.1)));
+        return Err(stale_for(expected));
     };
+    let diff = Changes::diff(&before, &updated, &[]);
+    if !diff.is_empty() {
+        audit::record(
+            &mut tx,
+            &scope,
+            &ctx,
+            NewEvent::new("organization.updated", "organization", Some(scope.org_id()))
+                .changes(diff),
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(Json(updated))
 }
@@ -179,6 +196,7 @@ pub struct InvitationCreated {
 pub async fn create_invitation(
     State(state): State<AppState>,
     auth: Authorized<perms::OrgManage>,
+    ctx: AuditContext,
     Path(org_id): Path<Uuid>,
     Json(body): Json<NewInvitation>,
 ) -> ApiResult<Response> {
@@ -235,6 +253,14 @@ pub async fn create_invitation(
         created_at: at,
     };
     store::insert_invitation(&mut tx, &invitation, &token_hash(&token)).await?;
+    audit::record(
+        &mut tx,
+        &scope,
+        &ctx,
+        NewEvent::new("invitation.created", "invitation", Some(invitation.id))
+            .changes(Changes::created(&invitation, &[])),
+    )
+    .await?;
     let org = store::get_org_tx(&mut tx, scope.org_id()).await?;
     tx.commit().await?;
     service::send_mail(
@@ -291,13 +317,22 @@ pub async fn list_invitations(
 pub async fn revoke_invitation(
     State(state): State<AppState>,
     auth: Authorized<perms::OrgManage>,
+    ctx: AuditContext,
     Path((org_id, id)): Path<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     same_org(&auth, org_id)?;
     let mut tx = state.db.begin().await?;
-    if !store::revoke_invitation(&mut tx, &auth.scope(), id).await? {
+    let scope = auth.scope();
+    if !store::revoke_invitation(&mut tx, &scope, id).await? {
         return Err(ApiError::not_found());
     }
+    audit::record(
+        &mut tx,
+        &scope,
+        &ctx,
+        NewEvent::new("invitation.revoked", "invitation", Some(id)),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

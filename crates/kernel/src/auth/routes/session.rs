@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{clear_cookies, cookies_for, origin};
+use crate::audit::AuditContext;
 use crate::auth::domain::Email;
 use crate::auth::revocation::{self, Revocation, RevocationKind};
 use crate::auth::service::{self, IssuedTokens};
@@ -96,6 +97,7 @@ pub async fn login(
     State(state): State<AppState>,
     ip: axum::Extension<ClientIp>,
     headers: HeaderMap,
+    ctx: AuditContext,
     Json(body): Json<LoginRequest>,
 ) -> ApiResult<Response> {
     let origin = origin(&ip, &headers);
@@ -135,7 +137,7 @@ pub async fn login(
         )
         .await?;
     let Some(user) = user.filter(|_| ok) else {
-        return Err(failed_login(&state, &email, &ip_text, &account_subject, &ip_subject).await?);
+        return Err(failed_login(&state, &email, &ctx, &account_subject, &ip_subject).await?);
     };
 
     let mut tx = state.db.begin().await?;
@@ -208,7 +210,7 @@ fn account_locked(until: DateTime<Utc>) -> ApiError {
 async fn failed_login(
     state: &AppState,
     email: &Email,
-    ip: &str,
+    ctx: &AuditContext,
     account_subject: &str,
     ip_subject: &str,
 ) -> Result<ApiError, ApiError> {
@@ -240,7 +242,7 @@ async fn failed_login(
         org,
         uid,
         SecurityEventKind::LoginFailed,
-        Some(ip),
+        ctx,
         serde_json::json!({ "failures": account.failures }),
     )
     .await?;
@@ -257,7 +259,7 @@ async fn failed_login(
             org,
             uid,
             SecurityEventKind::AccountLocked,
-            Some(ip),
+            ctx,
             serde_json::json!({}),
         )
         .await?;
@@ -268,7 +270,7 @@ async fn failed_login(
             None,
             None,
             SecurityEventKind::IpBlocked,
-            Some(ip),
+            ctx,
             serde_json::json!({}),
         )
         .await?;
@@ -303,6 +305,7 @@ pub async fn login_totp(
     State(state): State<AppState>,
     ip: axum::Extension<ClientIp>,
     headers: HeaderMap,
+    ctx: AuditContext,
     Json(body): Json<TotpLoginRequest>,
 ) -> ApiResult<Response> {
     const MAX_ATTEMPTS: i64 = 5;
@@ -321,7 +324,7 @@ pub async fn login_totp(
         ));
     }
     let user = store::user_by_id_tx(&mut tx, challenge.user_id).await?;
-    let verified = totp::verify_login_code(&state, &mut tx, &user, &body.code).await?;
+    let verified = totp::verify_login_code(&state, &mut tx, &user, &body.code, &ctx).await?;
     store::mfa_attempt(&mut tx, challenge.id, verified).await?;
     if !verified {
         tx.commit().await?;
@@ -361,6 +364,7 @@ pub async fn refresh(
     State(state): State<AppState>,
     ip: axum::Extension<ClientIp>,
     headers: HeaderMap,
+    ctx: AuditContext,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     // The body is optional: a browser may rely on the refresh cookie alone.
@@ -386,12 +390,17 @@ pub async fn refresh(
         Ok(d) => d,
         Err(refused) => return Ok(refused),
     };
-    let mut response = refresh_session(&state, &token, &hash).await?;
+    let mut response = refresh_session(&state, &token, &hash, &ctx).await?;
     crate::limits::http::add_headers(&mut response, &decision);
     Ok(response)
 }
 
-async fn refresh_session(state: &AppState, token: &str, hash: &str) -> ApiResult<Response> {
+async fn refresh_session(
+    state: &AppState,
+    token: &str,
+    hash: &str,
+    ctx: &AuditContext,
+) -> ApiResult<Response> {
     let state = state.clone();
     let token = token.to_string();
     let hash = hash.to_string();
@@ -461,7 +470,7 @@ async fn refresh_session(state: &AppState, token: &str, hash: &str) -> ApiResult
         Some(session.org_id),
         Some(session.user_id),
         SecurityEventKind::RefreshReuse,
-        None,
+        ctx,
         serde_json::json!({ "session_id": session.id }),
     )
     .await?;

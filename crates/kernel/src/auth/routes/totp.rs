@@ -6,6 +6,7 @@ use sea_query::SimpleExpr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::audit::AuditContext;
 use crate::auth::SignedIn;
 use crate::auth::access::{ADMIN, SUPER_ADMIN};
 use crate::auth::service;
@@ -88,6 +89,7 @@ pub struct RecoveryCodes {
 pub async fn enable_totp(
     State(state): State<AppState>,
     SignedIn(me): SignedIn,
+    ctx: AuditContext,
     Json(body): Json<TotpCode>,
 ) -> ApiResult<Json<RecoveryCodes>> {
     let mut tx = state.db.begin().await?;
@@ -120,7 +122,7 @@ pub async fn enable_totp(
         Some(user.org_id),
         Some(user.id),
         SecurityEventKind::TotpEnabled,
-        None,
+        &ctx,
         serde_json::json!({}),
     )
     .await?;
@@ -146,6 +148,7 @@ pub struct TotpDisable {
 pub async fn disable_totp(
     State(state): State<AppState>,
     SignedIn(me): SignedIn,
+    ctx: AuditContext,
     Json(body): Json<TotpDisable>,
 ) -> ApiResult<StatusCode> {
     let user = store::user_by_id(&state.db, me.user_id).await?;
@@ -167,7 +170,7 @@ pub async fn disable_totp(
             "your organization requires administrators to use two-factor sign-in",
         ));
     }
-    if !totp::verify_login_code(&state, &mut tx, &user, &body.code).await? {
+    if !totp::verify_login_code(&state, &mut tx, &user, &body.code, &ctx).await? {
         return Err(ApiError::invalid_field("code", "is wrong or already used"));
     }
     let null = || SimpleExpr::Keyword(sea_query::Keyword::Null);
@@ -189,7 +192,7 @@ pub async fn disable_totp(
         Some(user.org_id),
         Some(user.id),
         SecurityEventKind::TotpDisabled,
-        None,
+        &ctx,
         serde_json::json!({}),
     )
     .await?;

@@ -1,18 +1,21 @@
 //! The organization's users, for its admins: list, read, change role or name, deactivate,
-//! reactivate, approve.
+//! reactivate, approve. Every change is audited in its own transaction (`user.updated`,
+//! `user.approved`).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use sea_query::SimpleExpr;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::audit::{self, AuditContext, Changes, NewEvent};
 use crate::auth::Authorized;
 use crate::auth::access::{PARTNER, SUPER_ADMIN, perms};
 use crate::auth::domain::parse_name;
 use crate::auth::service;
 use crate::auth::store::{self, User, UserFilter, UserStatus};
+use crate::http::concurrency::{expected_version, stale_for, version_of};
 use crate::http::pagination::{PageParams, Paged};
 use crate::http::{ApiError, ApiResult, FieldError, Json, Path, Query};
 use crate::state::AppState;
@@ -97,35 +100,6 @@ pub struct UpdateUser {
     pub version: Option<i64>,
 }
 
-/// The version a client expects, from `If-Match` (→ 412 when stale) or the body (→ 409).
-pub(crate) fn expected_version(
-    headers: &HeaderMap,
-    body: Option<i64>,
-) -> Result<Option<(i64, bool)>, ApiError> {
-    if let Some(v) = headers.get(header::IF_MATCH) {
-        let text = v
-            .to_str()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .trim_start_matches("W/")
-            .trim_matches('"');
-        let n = text.parse::<i64>().map_err(|_| {
-            ApiError::invalid_field("If-Match", "must be the resource's version number")
-        })?;
-        return Ok(Some((n, true)));
-    }
-    Ok(body.map(|v| (v, false)))
-}
-
-pub(crate) fn stale(via_header: bool) -> ApiError {
-    if via_header {
-        ApiError::precondition_failed("the resource changed since you read it (If-Match)")
-    } else {
-        ApiError::conflict("the resource changed since you read it (version)")
-    }
-}
-
 /// Changes a user's name, role or active state.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = ["users.manage"])),
@@ -141,6 +115,7 @@ pub(crate) fn stale(via_header: bool) -> ApiError {
 pub async fn update_user(
     State(state): State<AppState>,
     auth: Authorized<perms::UsersManage>,
+    ctx: AuditContext,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     Json(body): Json<UpdateUser>,
@@ -253,14 +228,25 @@ pub async fn update_user(
             scope.org_id(),
             user.id,
             changes,
-            expected.map(|e| e.0),
+            version_of(expected),
         )
         .await?;
         if !updated {
-            return Err(stale(expected.is_some_and(|e| e.1)));
+            return Err(stale_for(expected));
         }
     }
+    let before = User::from(user);
     let user = store::scoped_user(&mut tx, &scope, id).await?;
+    let diff = Changes::diff(&before, &User::from(user.clone()), &[]);
+    if !diff.is_empty() {
+        audit::record(
+            &mut tx,
+            &scope,
+            &ctx,
+            NewEvent::new("user.updated", "user", Some(id)).changes(diff),
+        )
+        .await?;
+    }
     tx.commit().await?;
     service::broadcast(&state, &revocations).await;
     Ok(Json(user.into()))
@@ -274,6 +260,7 @@ pub async fn update_user(
 pub async fn approve_user(
     State(state): State<AppState>,
     auth: Authorized<perms::UsersManage>,
+    ctx: AuditContext,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<User>> {
     let scope = auth.scope();
@@ -293,7 +280,19 @@ pub async fn approve_user(
         None,
     )
     .await?;
+    let before = User::from(user);
     let user = store::scoped_user(&mut tx, &scope, id).await?;
+    audit::record(
+        &mut tx,
+        &scope,
+        &ctx,
+        NewEvent::new("user.approved", "user", Some(id)).changes(Changes::diff(
+            &before,
+            &User::from(user.clone()),
+            &[],
+        )),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(user.into()))
 }

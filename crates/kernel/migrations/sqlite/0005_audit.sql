@@ -1,0 +1,91 @@
+-- The audit trail: one append-only table of hash-chained events (a chain per organization;
+-- the nil UUID is the platform chain), each chain's head, retention checkpoints (kept
+-- forever) and the transactional outbox. `security_events` (0002) is no longer written:
+-- security events are audit events now (actions `auth.*`); its rows are kept as they were.
+
+CREATE TABLE audit_events (
+    id BLOB NOT NULL,
+    org_id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    actor_type TEXT NOT NULL,
+    actor_id TEXT,
+    action TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT,
+    changes TEXT,
+    detail TEXT,
+    request_id TEXT,
+    ip TEXT,
+    user_agent TEXT,
+    method TEXT,
+    route TEXT,
+    outcome TEXT NOT NULL,
+    error_code TEXT,
+    duration_ms INTEGER,
+    created_at TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (org_id, seq)
+);
+CREATE UNIQUE INDEX audit_events_id ON audit_events (org_id, id);
+CREATE INDEX audit_events_org_created ON audit_events (org_id, created_at);
+CREATE INDEX audit_events_org_action ON audit_events (org_id, action, seq);
+CREATE INDEX audit_events_org_resource ON audit_events (org_id, resource_type, resource_id, seq);
+CREATE INDEX audit_events_org_actor ON audit_events (org_id, actor_id, seq);
+
+-- Each chain's last link; appends lock this row.
+CREATE TABLE audit_heads (
+    org_id BLOB PRIMARY KEY NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+-- Where retention cut each chain: events up to `seq` may be deleted; `hash` is the hash of
+-- event `seq`, which the first remaining event links to.
+CREATE TABLE audit_checkpoints (
+    org_id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (org_id, seq)
+);
+
+CREATE TABLE audit_outbox (
+    id BLOB PRIMARY KEY NOT NULL,
+    org_id BLOB NOT NULL,
+    event_id BLOB NOT NULL,
+    action TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    -- Due time: creation, then a claim's lease end, then a failed delivery's retry time.
+    available_at TEXT NOT NULL,
+    delivered_at TEXT,
+    attempts INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX audit_outbox_due ON audit_outbox (available_at) WHERE delivered_at IS NULL;
+CREATE INDEX audit_outbox_delivered ON audit_outbox (delivered_at) WHERE delivered_at IS NOT NULL;
+
+-- Append-only, enforced by the database: no update ever; a delete only of events at or
+-- before their chain's latest checkpoint (what retention prunes).
+CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+BEGIN
+    SELECT RAISE(ABORT, 'audit events are append-only');
+END;
+
+CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+WHEN OLD.seq > COALESCE((SELECT MAX(seq) FROM audit_checkpoints WHERE org_id = OLD.org_id), 0)
+BEGIN
+    SELECT RAISE(ABORT, 'audit events are append-only; only events behind a retention checkpoint can be deleted');
+END;
+
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'audit checkpoints are kept forever');
+END;
+
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'audit checkpoints are kept forever');
+END;
