@@ -1219,3 +1219,71 @@ async fn throughput_of_no_op_jobs() {
         total as f64 / (elapsed - enqueued).as_secs_f64()
     );
 }
+
+/// Not a test of behaviour: measures claim latency (enqueue → an attempt starts) with four
+/// workers on four nodes competing for one queue on one database. Jobs are enqueued one at a
+/// time, 20 ms apart, on the first node (whose workers are woken in process; the others find
+/// jobs by polling). `cargo test -p keel --test jobs -- --ignored --nocapture claim_latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn claim_latency_under_four_competing_workers() {
+    let total: usize = std::env::var("JOBS_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let db = Arc::new(TestDb::new().await.expect("db"));
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        nodes.push(
+            builder(JobsUnderTest::default())
+                .database(db.clone())
+                .configure(|c| {
+                    c.jobs.concurrency.insert("bench".into(), 1);
+                })
+                .spawn()
+                .await
+                .expect("node"),
+        );
+    }
+    let state = nodes[0].state.clone();
+    let mut ids = Vec::with_capacity(total);
+    for _ in 0..total {
+        let mut tx = state.db.begin().await.expect("begin");
+        ids.push(
+            state
+                .jobs
+                .enqueue(&mut tx, None, &Noop {})
+                .await
+                .expect("enqueue"),
+        );
+        tx.commit().await.expect("commit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for id in ids {
+        let job = eventually("the job to finish", Duration::from_secs(120), || {
+            let state = state.clone();
+            async move {
+                store::get(&state.db, JobAccess::Platform, id)
+                    .await
+                    .expect("get")
+                    .filter(|j| j.state == JobState::Succeeded)
+            }
+        })
+        .await;
+        let started = job.started_at.expect("started");
+        latencies.push((started - job.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let engine = match db.kind() {
+        DatabaseKind::Sqlite => "sqlite",
+        DatabaseKind::Postgres => "postgres",
+    };
+    eprintln!(
+        "{engine}: claim latency over {total} jobs, 4 competing workers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+}
