@@ -613,15 +613,6 @@ pub async fn session_by_old_refresh_hash(
     .await
 }
 
-pub async fn session_by_id(tx: &mut Tx, id: Uuid) -> Result<Option<SessionRow>, StoreError> {
-    tx.fetch_optional(
-        &select_sessions()
-            .and_where(Expr::col("id").eq(id))
-            .to_owned(),
-    )
-    .await
-}
-
 /// Moves a session to its next refresh token (only if it is still at `from_hash`).
 pub async fn rotate_session(
     tx: &mut Tx,
@@ -1207,17 +1198,6 @@ pub struct FailureRow {
 
 pub async fn failures(db: &Db, subject: &str) -> Result<Option<FailureRow>, StoreError> {
     db.fetch_optional(
-        &Query::select()
-            .columns(["subject", "failures", "window_started_at", "locked_until"])
-            .from("login_failures")
-            .and_where(Expr::col("subject").eq(subject))
-            .to_owned(),
-    )
-    .await
-}
-
-pub async fn failures_tx(tx: &mut Tx, subject: &str) -> Result<Option<FailureRow>, StoreError> {
-    tx.fetch_optional(
         &Query::select()
             .columns(["subject", "failures", "window_started_at", "locked_until"])
             .from("login_failures")
