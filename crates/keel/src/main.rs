@@ -190,11 +190,17 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     let app = Application::build(config, modules()).await?;
     let report = app.run_until_stopped(server::shutdown_signal()).await?;
+    flush_traces().await;
     Ok(if report.clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_UNCLEAN_SHUTDOWN)
     })
+}
+
+/// Sends spans still buffered to the OTLP collector (a no-op when export is off).
+async fn flush_traces() {
+    let _ = tokio::task::spawn_blocking(keel_kernel::observe::trace::shutdown).await;
 }
 
 async fn worker(mut config: Config, queues: Vec<String>) -> anyhow::Result<ExitCode> {
@@ -223,6 +229,7 @@ async fn worker(mut config: Config, queues: Vec<String>) -> anyhow::Result<ExitC
         server::shutdown_signal(),
     )
     .await?;
+    flush_traces().await;
     Ok(if report.clean {
         ExitCode::SUCCESS
     } else {

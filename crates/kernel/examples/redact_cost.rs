@@ -63,6 +63,7 @@ fn pipeline(name: &str, enabled: bool) {
                 enabled,
                 ..RedactionConfig::default()
             },
+            ..LogConfig::default()
         },
         ..Config::default()
     };

@@ -157,6 +157,8 @@ pub struct DatabaseConfig {
     pub schema: Option<String>,
     /// SQLite busy timeout: how long a writer waits for the write lock.
     pub sqlite_busy_timeout_ms: u64,
+    /// A query slower than this is logged (by operation name, never its values) and counted.
+    pub slow_query_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -171,6 +173,7 @@ impl Default for DatabaseConfig {
             migrate_on_start: true,
             schema: None,
             sqlite_busy_timeout_ms: 5_000,
+            slow_query_ms: 250,
         }
     }
 }
@@ -226,6 +229,9 @@ pub struct LogConfig {
     /// A `tracing` filter, e.g. `info,keel_kernel=debug`. `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
+    /// Any operation slower than this (a request, a job, an outbound call, a scheduled run)
+    /// logs a warning with its name and duration.
+    pub slow_operation_ms: u64,
     /// `[log.redaction]`: masking of personal data and secrets in log lines (on by default).
     pub redaction: crate::redact::RedactionConfig,
 }
@@ -235,6 +241,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Auto,
+            slow_operation_ms: 1_000,
             redaction: crate::redact::RedactionConfig::default(),
         }
     }
@@ -354,6 +361,10 @@ pub struct JobsConfig {
     /// At shutdown, how long running jobs may take to finish before they are released back
     /// to the queue (their attempt not counted).
     pub shutdown_grace_ms: u64,
+    /// Succeeded and cancelled jobs are removed this many days after they finished.
+    pub retention_days: u32,
+    /// Failed and dead jobs (which an admin may still retry) are kept longer.
+    pub failed_retention_days: u32,
 }
 
 impl Default for JobsConfig {
@@ -375,6 +386,8 @@ impl Default for JobsConfig {
             default_max_attempts: 10,
             default_time_limit_ms: 300_000,
             shutdown_grace_ms: 30_000,
+            retention_days: 30,
+            failed_retention_days: 90,
         }
     }
 }
@@ -508,6 +521,14 @@ impl JobsConfig {
         }
         if self.default_max_attempts == 0 {
             problems.push("jobs.default_max_attempts: must be at least 1".into());
+        }
+        for (key, value) in [
+            ("retention_days", self.retention_days),
+            ("failed_retention_days", self.failed_retention_days),
+        ] {
+            if value == 0 || value > 36_500 {
+                problems.push(format!("jobs.{key}: must be between 1 and 36500"));
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct Swept {
     pub one_time_tokens: u64,
     pub mfa_challenges: u64,
     pub login_counters: u64,
+    pub finished_jobs: u64,
 }
 
 pub fn job() -> JobDefinition {
@@ -60,6 +61,30 @@ pub async fn sweep(state: &crate::state::AppState) -> anyhow::Result<Swept> {
     let db = &state.db;
     let at = now();
     let day_ago = at - TimeDelta::days(1);
+    let jobs = &state.config.jobs;
+    let finished_jobs = db
+        .execute(
+            &Query::delete()
+                .from_table(crate::jobs::store::JOBS)
+                .cond_where(
+                    Cond::any()
+                        .add(
+                            Expr::col("state").is_in(["succeeded", "cancelled"]).and(
+                                Expr::col("finished_at")
+                                    .lte(at - TimeDelta::days(i64::from(jobs.retention_days))),
+                            ),
+                        )
+                        .add(
+                            Expr::col("state").is_in(["failed", "dead"]).and(
+                                Expr::col("finished_at").lte(
+                                    at - TimeDelta::days(i64::from(jobs.failed_retention_days)),
+                                ),
+                            ),
+                        ),
+                )
+                .to_owned(),
+        )
+        .await?;
     let idempotency_keys = db
         .execute(
             &Query::delete()
@@ -143,5 +168,6 @@ pub async fn sweep(state: &crate::state::AppState) -> anyhow::Result<Swept> {
         one_time_tokens,
         mfa_challenges,
         login_counters,
+        finished_jobs,
     })
 }

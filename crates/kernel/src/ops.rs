@@ -36,6 +36,7 @@ impl Module for KernelModule {
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
             crate::migration!(5, "0005_audit", "migrations"),
+            crate::migration!(10, "0010_job_stats", "migrations"),
         ]
     }
 
@@ -49,6 +50,7 @@ impl Module for KernelModule {
             .merge(crate::partners::routes::router())
             .merge(crate::audit::routes::router())
             .merge(crate::jobs::routes::router())
+            .merge(crate::metrics::routes::router())
     }
 
     fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {

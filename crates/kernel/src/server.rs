@@ -84,6 +84,9 @@ async fn prepare(
 ) -> anyhow::Result<(AppState, axum::Router<AppState>)> {
     install_crypto_provider();
     let config = Arc::new(config);
+    crate::observe::set_slow_operation_threshold(std::time::Duration::from_millis(
+        config.log.slow_operation_ms,
+    ));
     let registry = registry(&config, modules)?;
 
     let db = Db::connect(&config).await?;
@@ -152,6 +155,7 @@ async fn prepare(
         installation_id,
         node_id: uuid::Uuid::now_v7(),
         started_at: Instant::now(),
+        http_stats: Arc::new(crate::metrics::window::Windows::new()),
     });
     Ok((state, router))
 }
@@ -227,7 +231,10 @@ impl Application {
                 crate::limits::http::limit_requests,
             ))
             .route_layer(axum::middleware::from_fn(http::context::record_route))
-            .route_layer(axum::middleware::from_fn(crate::metrics::track))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::metrics::track,
+            ))
             .with_state(state.clone())
             .merge(docs_router());
         let router = http::with_layers(router, &config);

@@ -37,6 +37,8 @@ pub struct AppInner {
     /// This process (a node of a deployment); shown in readiness to tell nodes apart.
     pub node_id: Uuid,
     pub started_at: Instant,
+    /// Requests of this node over the last minutes, per route (`GET /api/v1/metrics`).
+    pub http_stats: Arc<crate::metrics::window::Windows<String>>,
 }
 
 impl std::fmt::Debug for AppState {

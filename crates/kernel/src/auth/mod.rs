@@ -423,6 +423,25 @@ impl FromRequestParts<AppState> for SignedIn {
     }
 }
 
+/// The platform's super admin (platform-wide views: node metrics, circuit breakers, every
+/// job). Anyone else signed in gets 403; an anonymous caller 401.
+#[derive(Debug, Clone)]
+pub struct PlatformAdmin(pub Principal);
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let SignedIn(principal) = SignedIn::from_request_parts(parts, state).await?;
+        if !principal.is_super_admin() {
+            return Err(ApiError::forbidden(
+                "platform data: platform super admins only",
+            ));
+        }
+        Ok(Self(principal))
+    }
+}
+
 fn check_enrolment(principal: &Principal, parts: &Parts) -> Result<(), ApiError> {
     if principal.enrolment_pending && !allowed_before_enrolment(parts.uri.path()) {
         return Err(ApiError::forbidden(

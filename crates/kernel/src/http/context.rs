@@ -114,9 +114,16 @@ pub async fn request_context(
     req.extensions_mut().insert(ClientIp(client_ip));
     req.extensions_mut().insert(RequestStart(started));
 
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::observe::trace::TraceContext::parse)
+        .unwrap_or_else(crate::observe::trace::TraceContext::new_root);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
+        trace_id = %trace.trace_id_hex(),
         method = %method,
         route = tracing::field::Empty,
         org = tracing::field::Empty,
@@ -135,7 +142,8 @@ pub async fn request_context(
         ))
         .into_response()
     } else {
-        next.run(req).instrument(span.clone()).await
+        crate::observe::trace::link_span(&span, &trace);
+        crate::observe::trace::in_trace(trace, next.run(req).instrument(span.clone())).await
     };
 
     let status = response.status();

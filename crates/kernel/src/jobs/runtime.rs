@@ -442,6 +442,22 @@ pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
+/// Counts and times one finished attempt, and warns when it was slow. The labels are the
+/// queue, the job type and the outcome: bounded sets, never a job id.
+fn finished(
+    job_type: &str,
+    queue: &'static str,
+    started: std::time::Instant,
+    outcome: &'static str,
+) {
+    let elapsed = started.elapsed();
+    metrics::counter!("keel_job_attempts_total", "queue" => queue, "job_type" => job_type.to_string(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("keel_job_duration_seconds", "queue" => queue, "job_type" => job_type.to_string())
+        .record(elapsed.as_secs_f64());
+    crate::observe::warn_if_slow("job", job_type, elapsed);
+}
+
 /// Runs one claimed job and records its outcome.
 async fn execute(
     state: AppState,
@@ -454,6 +470,11 @@ async fn execute(
     let attempt = u32::try_from(job.attempts).unwrap_or(1).max(1);
     let max_attempts = u32::try_from(job.max_attempts).unwrap_or(1).max(1);
     let config = jobs.config();
+    let started = std::time::Instant::now();
+    let job_type = job.job_type.clone();
+    let queue = jobs
+        .job_type(&job.job_type)
+        .map_or("unknown", |k| k.definition.queue);
     let outcome = match jobs.job_type(&job.job_type) {
         // A job type this build does not know (a rolling deploy): retry, another node may.
         None => Err(format!(
@@ -476,6 +497,7 @@ async fn execute(
             match tokio::time::timeout(limit, run).await {
                 Ok(Ok(Ok(result))) => Ok(result),
                 Ok(Ok(Err(JobError::Permanent(e)))) => {
+                    finished(&job_type, queue, started, "failed");
                     let error = format!("{e:#}");
                     tracing::warn!(error = error.as_str(), "job failed permanently");
                     record(
@@ -498,6 +520,16 @@ async fn execute(
             }
         }
     };
+    finished(
+        &job_type,
+        queue,
+        started,
+        match &outcome {
+            Ok(_) => "succeeded",
+            Err(_) if attempt >= max_attempts => "dead",
+            Err(_) => "retry",
+        },
+    );
     let outcome = match outcome {
         Ok(result) => Outcome::Succeeded(result),
         Err(error) if attempt >= max_attempts => {

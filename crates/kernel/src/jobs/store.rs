@@ -750,3 +750,83 @@ pub(crate) async fn requeue_expired(db: &Db) -> Result<u64, StoreError> {
         .to_owned();
     db.execute(&update).await
 }
+
+/// One queue's backlog, for `GET /api/v1/metrics/jobs` and the Prometheus gauges.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Waiting, due or not.
+    pub queued: i64,
+    /// Waiting and due now: the real backlog.
+    pub due: i64,
+    pub running: i64,
+    /// In the dead letter (every attempt failed); an admin may retry them.
+    pub dead: i64,
+    pub failed: i64,
+    /// How long the oldest due job has waited, in seconds (0 when none is due).
+    pub oldest_due_age_secs: f64,
+}
+
+/// The backlog of every queue that has unfinished, dead or failed jobs.
+pub async fn queue_stats(db: &Db) -> Result<Vec<QueueStats>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct ByState {
+        queue: String,
+        state: String,
+        n: i64,
+    }
+    #[derive(sqlx::FromRow)]
+    struct Due {
+        queue: String,
+        n: i64,
+        oldest: Option<DateTime<Utc>>,
+    }
+    let by_state = Query::select()
+        .columns(["queue", "state"])
+        .expr_as(Expr::col(sea_query::Asterisk).count(), "n")
+        .from(JOBS)
+        .and_where(Expr::col("state").is_in([
+            JobState::Queued.as_str(),
+            JobState::Running.as_str(),
+            JobState::Dead.as_str(),
+            JobState::Failed.as_str(),
+        ]))
+        .group_by_columns(["queue", "state"])
+        .to_owned();
+    let at = now();
+    let due = Query::select()
+        .column("queue")
+        .expr_as(Expr::col(sea_query::Asterisk).count(), "n")
+        .expr_as(Expr::col("run_at").min(), "oldest")
+        .from(JOBS)
+        .and_where(Expr::col("state").eq(JobState::Queued.as_str()))
+        .and_where(Expr::col("run_at").lte(at))
+        .group_by_col("queue")
+        .to_owned();
+    let mut out: std::collections::BTreeMap<String, QueueStats> = Default::default();
+    for row in db.fetch_all::<ByState>(&by_state).await? {
+        let entry = out.entry(row.queue.clone()).or_insert_with(|| QueueStats {
+            queue: row.queue.clone(),
+            ..Default::default()
+        });
+        match row.state.as_str() {
+            "queued" => entry.queued = row.n,
+            "running" => entry.running = row.n,
+            "dead" => entry.dead = row.n,
+            "failed" => entry.failed = row.n,
+            _ => {}
+        }
+    }
+    for row in db.fetch_all::<Due>(&due).await? {
+        let entry = out.entry(row.queue.clone()).or_insert_with(|| QueueStats {
+            queue: row.queue.clone(),
+            ..Default::default()
+        });
+        entry.due = row.n;
+        entry.oldest_due_age_secs = row
+            .oldest
+            .map(|t| (std::cmp::max((at - t).num_milliseconds(), 0) as f64) / 1000.0)
+            .unwrap_or(0.0);
+    }
+    Ok(out.into_values().collect())
+}

@@ -49,6 +49,7 @@ fn config(format: LogFormat, redaction: RedactionConfig) -> Config {
             level: "trace".into(),
             format,
             redaction,
+            ..LogConfig::default()
         },
         ..Config::default()
     }

@@ -18,6 +18,7 @@
 //! once the transaction is durable (the audit outbox uses it to wake its relay).
 
 pub mod migrate;
+pub mod stats;
 mod unit;
 
 pub use unit::{RetryPolicy, Savepoint, UnitOfWork};
@@ -133,39 +134,65 @@ pub struct PoolStats {
     pub max: u32,
 }
 
-/// Dispatches one statement to whichever engine the handle is on.
+/// Dispatches one statement to whichever engine the handle is on, on a connection taken from
+/// the pool (the wait is measured), and records the query's latency under its operation name.
 macro_rules! dispatch {
-    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {
-        match $self {
+    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {{
+        let (op, started, result) = match $self {
             Db::Sqlite(pool) => {
                 let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
-                let $ex = pool;
-                $body
+                let op = stats::operation_name(&$sql);
+                let mut conn = acquire(pool).await?;
+                let started = Instant::now();
+                let $ex = &mut *conn;
+                (op, started, $body)
             }
             Db::Postgres(pool) => {
                 let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
-                let $ex = pool;
-                $body
+                let op = stats::operation_name(&$sql);
+                let mut conn = acquire(pool).await?;
+                let started = Instant::now();
+                let $ex = &mut *conn;
+                (op, started, $body)
             }
-        }
-    };
+        };
+        stats::query_finished(op, started, result.is_ok());
+        result
+    }};
 }
 
 macro_rules! dispatch_tx {
-    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {
-        match &mut $self.conn {
+    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {{
+        let (op, started, result) = match &mut $self.conn {
             TxConn::Sqlite(tx) => {
                 let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&$sql);
+                let started = Instant::now();
                 let $ex = &mut **tx;
-                $body
+                (op, started, $body)
             }
             TxConn::Postgres(tx) => {
                 let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&$sql);
+                let started = Instant::now();
                 let $ex = &mut **tx;
-                $body
+                (op, started, $body)
             }
-        }
-    };
+        };
+        stats::query_finished(op, started, result.is_ok());
+        result
+    }};
+}
+
+/// Takes a connection from the pool, recording whether (and how long) it had to wait.
+async fn acquire<D: sqlx::Database>(
+    pool: &sqlx::Pool<D>,
+) -> Result<sqlx::pool::PoolConnection<D>, StoreError> {
+    let waited = pool.num_idle() == 0;
+    let started = Instant::now();
+    let conn = pool.acquire().await?;
+    stats::acquired("query", started, waited);
+    Ok(conn)
 }
 
 impl Db {
@@ -190,6 +217,7 @@ impl Db {
     }
 
     async fn connect_once(config: &Config) -> anyhow::Result<Db> {
+        stats::set_slow_query_threshold(Duration::from_millis(config.database.slow_query_ms));
         let url = config.database_url();
         let db = &config.database;
         let acquire = Duration::from_millis(db.acquire_timeout_ms);
@@ -291,10 +319,17 @@ impl Db {
     /// Starts a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// a transaction that reads and then writes cannot fail half-way on a lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
+        // The wait covers the pool and, on SQLite, the write lock `BEGIN IMMEDIATE` queues for.
+        let waited = match self {
+            Db::Sqlite(pool) => pool.num_idle() == 0,
+            Db::Postgres(pool) => pool.num_idle() == 0,
+        };
+        let started = Instant::now();
         let conn = match self {
             Db::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
         };
+        stats::acquired("transaction", started, waited);
         Ok(Tx {
             conn,
             contention: false,
@@ -304,24 +339,22 @@ impl Db {
     }
 
     pub async fn fetch_all<T: Row>(&self, stmt: &impl SqlxBinder) -> Result<Vec<T>, StoreError> {
-        dispatch!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
-            AssertSqlSafe(sql),
-            values
-        )
-        .fetch_all(ex)
-        .await?))
+        Ok(dispatch!(self, stmt, |sql, values, ex| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_all(ex)
+                .await
+        })?)
     }
 
     pub async fn fetch_optional<T: Row>(
         &self,
         stmt: &impl SqlxBinder,
     ) -> Result<Option<T>, StoreError> {
-        dispatch!(self, stmt, |sql, values, ex| Ok(sqlx::query_as_with(
-            AssertSqlSafe(sql),
-            values
-        )
-        .fetch_optional(ex)
-        .await?))
+        Ok(dispatch!(self, stmt, |sql, values, ex| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_optional(ex)
+                .await
+        })?)
     }
 
     pub async fn fetch_one<T: Row>(&self, stmt: &impl SqlxBinder) -> Result<T, StoreError> {
@@ -330,13 +363,13 @@ impl Db {
 
     /// Runs a write; returns the number of rows it touched.
     pub async fn execute(&self, stmt: &impl SqlxBinder) -> Result<u64, StoreError> {
-        dispatch!(self, stmt, |sql, values, ex| Ok(sqlx::query_with(
+        Ok(dispatch!(self, stmt, |sql, values, ex| sqlx::query_with(
             AssertSqlSafe(sql),
             values
         )
         .execute(ex)
-        .await?
-        .rows_affected()))
+        .await
+        .map(|r| r.rows_affected()))?)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

@@ -36,9 +36,13 @@ pub fn init_logging(config: &Config) -> bool {
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(layer)
+        .with(trace::otel_layer())
         .try_init()
         .is_ok();
     if installed {
+        if let Some(endpoint) = trace::otlp_endpoint().filter(|_| trace::exporting()) {
+            tracing::info!(endpoint, "exporting traces over OTLP");
+        }
         let redaction = &config.log.redaction;
         if !redaction.enabled {
             tracing::warn!(
@@ -107,4 +111,35 @@ pub fn redactor(config: &Config) -> Result<Redactor, RedactError> {
         .and_then(|k| parse_encryption_key(k.expose()))
         .map(|k| hash_key_from_encryption_key(&k));
     Redactor::new(&config.log.redaction, hash_key)
+}
+
+pub mod trace;
+
+static SLOW_OPERATION_MICROS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(1_000_000);
+
+/// Sets the slow-operation threshold (from `log.slow_operation_ms`).
+pub fn set_slow_operation_threshold(threshold: std::time::Duration) {
+    SLOW_OPERATION_MICROS.store(
+        u64::try_from(threshold.as_micros()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Logs a warning when an operation took longer than `log.slow_operation_ms`: `kind` is what
+/// it was (`request`, `job`, `outbound`, `schedule`), `name` which one (a route template, a
+/// job type, a service) — never an id or a value. Returns whether it was slow.
+pub fn warn_if_slow(kind: &'static str, name: &str, elapsed: std::time::Duration) -> bool {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    if micros < SLOW_OPERATION_MICROS.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    metrics::counter!("keel_slow_operations_total", "kind" => kind).increment(1);
+    tracing::warn!(
+        kind,
+        operation = name,
+        duration_ms = elapsed.as_millis() as u64,
+        "slow operation"
+    );
+    true
 }

@@ -1,0 +1,335 @@
+//! Observability as an operator uses it: the Prometheus families after real traffic (with
+//! bounded labels), the admin JSON summaries and who may read them, slow-operation counting,
+//! and — through the real binary — W3C trace context in log lines and OTLP span export.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_kernel::housekeeping::Housekeeping;
+use keel_kernel::jobs::{EnqueueOptions, ScheduledTick};
+use keel_kernel::tenancy::TenantScope;
+use keel_testkit::TestApp;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Every test of this file uses the same threshold: it is per process.
+const SLOW_MS: u64 = 150;
+
+async fn spawn() -> TestApp {
+    TestApp::builder()
+        .configure(|c| c.log.slow_operation_ms = SLOW_MS)
+        .spawn()
+        .await
+        .expect("spawn")
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    assert_eq!(r.status(), StatusCode::OK, "unexpected status");
+    r.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn the_admin_summaries_report_this_nodes_traffic_to_platform_admins_only() {
+    let app = spawn().await;
+    let root = app.setup_super_admin().await;
+    let other = app.register_org("ops@acme.example", "Acme").await;
+    for _ in 0..3 {
+        let r = app.get("/api/v1/test/slow?ms=20").await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = app.get("/api/v1/test/panic").await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    // Who may read: the platform super admin only.
+    for path in [
+        "/api/v1/metrics",
+        "/api/v1/metrics/database",
+        "/api/v1/metrics/jobs",
+    ] {
+        assert_eq!(app.get(path).await.status(), StatusCode::UNAUTHORIZED);
+        let denied = app.get_as(path, &other.access_token).await;
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+
+    let summary = json_of(app.get_as("/api/v1/metrics", &root.access_token).await).await;
+    assert_eq!(summary["window_secs"], 300);
+    let route = |method: &str, path: &str| {
+        summary["routes"]
+            .as_array()
+            .expect("routes")
+            .iter()
+            .find(|r| r["method"] == method && r["route"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path} missing from {summary}"))
+    };
+    let slow = route("GET", "/api/v1/test/slow");
+    assert_eq!(slow["count"], 3);
+    assert_eq!(slow["errors"], 0);
+    let p50 = slow["p50_ms"].as_f64().expect("p50");
+    assert!(
+        p50 >= 20.0,
+        "p50 {p50} ms is below the 20 ms each request slept"
+    );
+    assert!(slow["p99_ms"].as_f64().expect("p99") >= p50);
+    let panic = route("GET", "/api/v1/test/panic");
+    assert_eq!(panic["errors"], 1, "a 500 is an error");
+    assert_eq!(panic["error_rate"], 1.0);
+    // Route templates, never concrete paths.
+    assert!(
+        summary["routes"]
+            .as_array()
+            .expect("routes")
+            .iter()
+            .all(|r| !r["route"].as_str().unwrap_or("").contains("?"))
+    );
+    assert!(summary["total"]["count"].as_u64().expect("total") >= 4);
+    assert!(
+        summary["process"]["resident_memory_bytes"]
+            .as_u64()
+            .expect("rss")
+            > 1_000_000
+    );
+
+    let db = json_of(
+        app.get_as("/api/v1/metrics/database", &root.access_token)
+            .await,
+    )
+    .await;
+    let config = app.db.config();
+    assert_eq!(db["pool"]["max"], config.database.max_connections);
+    assert!(db["pool"]["acquires"].as_u64().expect("acquires") > 0);
+    assert!(db["ping_ms"].as_f64().is_some());
+    let ops = db["operations"].as_array().expect("operations");
+    assert!(
+        ops.iter().any(|o| o["op"] == "insert users"),
+        "sign-up inserted a user: {ops:?}"
+    );
+    for o in ops {
+        let name = o["op"].as_str().expect("op");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ' '),
+            "an operation name carries only a verb and a table: {name:?}"
+        );
+        assert!(o["count"].as_u64().expect("count") >= 1);
+    }
+}
+
+#[tokio::test]
+async fn the_job_summary_shows_each_queues_backlog() {
+    let app = spawn().await;
+    let root = app.setup_super_admin().await;
+    let org = app.register_org("jobs@acme.example", "Acme").await;
+    let scope = TenantScope::for_tests(org.org_id);
+    let mut tx = app.state.db.begin().await.expect("tx");
+    for _ in 0..2 {
+        app.state
+            .jobs
+            .enqueue_with(
+                &mut tx,
+                Some(&scope),
+                &Housekeeping(ScheduledTick {
+                    schedule: "test".into(),
+                    tick_at: keel_kernel::store::now(),
+                    missed_ticks: 0,
+                }),
+                EnqueueOptions::default().delay(Duration::from_secs(3600)),
+            )
+            .await
+            .expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+
+    let jobs = json_of(app.get_as("/api/v1/metrics/jobs", &root.access_token).await).await;
+    let queue = jobs["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["queued"].as_i64().unwrap_or(0) >= 2)
+        .cloned()
+        .unwrap_or_else(|| panic!("no queue holds the two jobs: {jobs}"));
+    assert_eq!(queue["due"], 0, "both jobs wait an hour");
+    assert!(jobs["totals"]["queued"].as_i64().expect("total") >= 2);
+
+    // The same backlog in Prometheus.
+    let text = app.get("/metrics").await.text().await.expect("text");
+    let name = queue["queue"].as_str().expect("queue name");
+    let line = format!("keel_jobs{{queue=\"{name}\",state=\"queued\"}} ");
+    let value: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .unwrap_or_else(|| panic!("{line} missing"))
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(value >= 2.0);
+}
+
+#[tokio::test]
+async fn prometheus_shows_every_family_with_bounded_labels() {
+    let app = spawn().await;
+    let admin = app.register_org("prom@acme.example", "Acme").await;
+    let me = app.get_as("/api/v1/auth/me", &admin.access_token).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let r = app
+        .get(&format!("/api/v1/test/slow?ms={}", SLOW_MS + 50))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let text = app.get("/metrics").await.text().await.expect("text");
+    for family in [
+        "keel_http_requests_total{method=\"GET\",route=\"/api/v1/auth/me\",status=\"2xx\"}",
+        "keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/auth/me\"",
+        "keel_http_requests_in_flight",
+        "keel_db_query_duration_seconds_bucket{op=\"insert users\"",
+        "keel_db_pool_connections{state=\"max\"}",
+        "keel_db_pool_acquire_seconds_bucket{kind=\"transaction\"",
+        "keel_auth_events_total{event=\"login\"}",
+        "keel_rate_limit_decisions_total{",
+        "keel_slow_operations_total{kind=\"request\"}",
+        "keel_jobs{queue=",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(text.contains(family), "{family} missing from /metrics");
+    }
+    // No label carries an id, an email or a concrete path.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let labels = line.split('}').next().unwrap_or("");
+        assert!(!labels.contains('@'), "an email in a label: {line}");
+        let hexish = labels
+            .split(|c: char| !c.is_ascii_hexdigit() && c != '-')
+            .any(|w| w.len() >= 32 && w.matches('-').count() == 4);
+        assert!(!hexish, "a UUID in a label: {line}");
+        assert!(
+            !labels.contains("?ms="),
+            "a query string in a label: {line}"
+        );
+    }
+}
+
+// ---- the real binary: trace context in logs, OTLP export --------------------------------
+
+/// A stand-in OpenTelemetry collector: records the bodies POSTed to `/v1/traces`.
+async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = bodies.clone();
+    let router = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                if let Ok(mut b) = seen.lock() {
+                    b.push(body.to_vec());
+                }
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (format!("http://{addr}"), bodies)
+}
+
+#[tokio::test]
+async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
+    let (endpoint, bodies) = fake_collector().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.current_dir(dir.path()).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    let mut child = cmd
+        .arg("serve")
+        .env("KEEL_LISTEN", "127.0.0.1:0")
+        .env("KEEL_LOG__FORMAT", "json")
+        .env("KEEL_JOBS__ENABLED", "false")
+        .env("KEEL_SCHEDULER__ENABLED", "false")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "keel-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    let _ = addr_tx.send(addr);
+                }
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("keel serve did not report its address");
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/api/openapi.json"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Spans reach the collector within a few batch intervals.
+    let raw_id = {
+        let mut b = [0u8; 16];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&trace_id[i * 2..i * 2 + 2], 16).expect("hex");
+        }
+        b
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exported = loop {
+        let found = bodies
+            .lock()
+            .map(|b| b.iter().any(|body| body.windows(16).any(|w| w == raw_id)))
+            .unwrap_or(false);
+        if found || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(
+        exported,
+        "no span with the caller's trace id reached the collector"
+    );
+
+    let logged = lines.lock().map(|l| l.clone()).unwrap_or_default();
+    let line = logged
+        .iter()
+        .find(|l| l.contains("request completed") && l.contains("/api/openapi.json"))
+        .unwrap_or_else(|| panic!("no access-log line for the request: {logged:?}"));
+    let json: Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(
+        json["span"]["trace_id"], trace_id,
+        "the log line carries the caller's trace id: {line}"
+    );
+}
