@@ -333,3 +333,52 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
         "the log line carries the caller's trace id: {line}"
     );
 }
+
+/// Every family the shipped dashboard and alert rules query is one Keel exports: recorded in
+/// the kernel's source (`keel_*`), or exported by the process collector (`process_*`, checked
+/// against a live scrape).
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_query_only_families_keel_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut referenced = std::collections::BTreeSet::new();
+    for file in ["deploy/grafana-dashboard.json", "deploy/prometheus-alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("deploy file");
+        for (i, _) in text.match_indices("keel_").chain(text.match_indices("process_")) {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = name
+                .strip_suffix("_bucket")
+                .unwrap_or(&name)
+                .to_string();
+            referenced.insert(family);
+        }
+    }
+    assert!(referenced.len() > 10, "the deploy files query Keel's families");
+
+    let mut source = String::new();
+    let mut dirs = vec![root.join("crates/kernel/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(path).expect("source"));
+            }
+        }
+    }
+    let app = spawn().await;
+    let scrape = app.get("/metrics").await.text().await.expect("text");
+    for family in referenced {
+        if family.starts_with("process_") {
+            assert!(scrape.contains(&family), "{family} is not exported");
+        } else {
+            assert!(
+                source.contains(&format!("\"{family}\"")),
+                "{family} is queried by deploy/ but recorded nowhere in the kernel"
+            );
+        }
+    }
+}
