@@ -665,6 +665,25 @@ async fn the_audit_api_filters_paginates_exports_and_keeps_tenants_apart() {
         .collect();
     assert_eq!(parsed.len(), 6);
     assert_eq!(parsed[0]["seq"], 1);
+    // A compressed export (browsers and most clients ask for one) ends cleanly.
+    let gzipped = app
+        .client
+        .get(app.url("/api/v1/audit/events/export?format=jsonl"))
+        .bearer_auth(&admin.access_token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(
+        gzipped
+            .headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+    let body = gzipped.bytes().await.expect("the whole compressed body");
+    assert!(body.starts_with(&[0x1f, 0x8b]), "a gzip stream");
     let wrong = app
         .get_as(
             "/api/v1/audit/events/export?format=xml",

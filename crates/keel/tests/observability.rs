@@ -341,21 +341,27 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
 async fn the_dashboard_and_alert_rules_query_only_families_keel_exports() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut referenced = std::collections::BTreeSet::new();
-    for file in ["deploy/grafana-dashboard.json", "deploy/prometheus-alerts.yml"] {
+    for file in [
+        "deploy/grafana-dashboard.json",
+        "deploy/prometheus-alerts.yml",
+    ] {
         let text = std::fs::read_to_string(root.join(file)).expect("deploy file");
-        for (i, _) in text.match_indices("keel_").chain(text.match_indices("process_")) {
+        for (i, _) in text
+            .match_indices("keel_")
+            .chain(text.match_indices("process_"))
+        {
             let name: String = text[i..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            let family = name
-                .strip_suffix("_bucket")
-                .unwrap_or(&name)
-                .to_string();
+            let family = name.strip_suffix("_bucket").unwrap_or(&name).to_string();
             referenced.insert(family);
         }
     }
-    assert!(referenced.len() > 10, "the deploy files query Keel's families");
+    assert!(
+        referenced.len() > 10,
+        "the deploy files query Keel's families"
+    );
 
     let mut source = String::new();
     let mut dirs = vec![root.join("crates/kernel/src")];

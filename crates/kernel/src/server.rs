@@ -473,9 +473,117 @@ fn describe_api(openapi: &mut utoipa::openapi::OpenApi) {
     openapi.info.version = env!("CARGO_PKG_VERSION").into();
     openapi.info.contact = None;
     openapi.info.license = Some(utoipa::openapi::License::new("Apache-2.0"));
-    openapi.info.description = Some(
-        "Keel: a multi-tenant business backend. Errors are RFC 9457 problem+json documents.".into(),
-    );
+    openapi.info.description = Some(API_DESCRIPTION.into());
+    let mut schemas = vec![(
+        "Problem".to_string(),
+        <crate::http::Problem as utoipa::PartialSchema>::schema(),
+    )];
+    <crate::http::Problem as utoipa::ToSchema>::schemas(&mut schemas);
+    for (name, schema) in schemas {
+        components.schemas.entry(name).or_insert(schema);
+    }
+    document_problems(openapi);
+}
+
+const API_DESCRIPTION: &str = "Keel: a multi-tenant business backend.
+
+**Authentication** — send `Authorization: Bearer <token>`: an access token from `POST /api/v1/auth/login` (short-lived; renew it with `POST /api/v1/auth/refresh`) or an API key (`keel_…`). An operation's security scope names the permission it needs.
+
+**Data isolation** — your organization comes from your credentials, never from the request. Another organization's resource answers 404, exactly like a missing one.
+
+**Rate limits** — operations that name an `x-rate-limit-policy` are limited per IP, user or organization; responses carry `RateLimit-*` headers and a refusal is 429 with `Retry-After`.
+
+**Errors** — every error is an RFC 9457 `application/problem+json` document with `instance` and `request_id`; a 422 lists each invalid field in `errors`.";
+
+/// Adds the problem responses the kernel's own layers can give to every operation that does
+/// not describe them itself, so the document lists every status a client can see: 401/403
+/// where credentials are required, 400/413/415/422 where a body is read, 400/422 for
+/// parameters, 404 for path parameters, 429 under a rate-limit policy, and 500/503 anywhere.
+fn document_problems(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    crate::http::PROBLEM_CONTENT_TYPE,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in openapi.paths.paths.values_mut() {
+        let shared_params = item.parameters.clone().unwrap_or_default();
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let params: Vec<ParameterIn> = op
+                .parameters
+                .iter()
+                .flatten()
+                .chain(shared_params.iter())
+                .filter_map(|p| match p {
+                    RefOr::T(p) => Some(p.parameter_in.clone()),
+                    RefOr::Ref(_) => None,
+                })
+                .collect();
+            let mut wanted: Vec<(&str, &str)> = Vec::new();
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                wanted.push(("401", "Credentials missing, invalid, expired or revoked"));
+                wanted.push(("403", "The credentials do not grant this operation"));
+            }
+            if op.request_body.is_some() {
+                wanted.push(("400", "The body is not well-formed"));
+                wanted.push(("413", "The body is larger than the limit"));
+                wanted.push(("415", "The body's content type is not accepted"));
+                wanted.push((
+                    "422",
+                    "The request is well-formed but invalid: `errors` names each field",
+                ));
+            }
+            if !params.is_empty() {
+                wanted.push(("400", "A parameter is not well-formed"));
+                wanted.push(("422", "A parameter is invalid: `errors` names it"));
+            }
+            if params.iter().any(|p| matches!(p, ParameterIn::Path)) {
+                wanted.push(("404", "No such resource in your organization"));
+            }
+            if op
+                .extensions
+                .as_ref()
+                .is_some_and(|e| e.contains_key("x-rate-limit-policy"))
+            {
+                wanted.push((
+                    "429",
+                    "Rate limit exceeded: retry after `Retry-After` seconds",
+                ));
+            }
+            wanted.push((
+                "500",
+                "An unexpected error (its cause is logged, never shown)",
+            ));
+            wanted.push((
+                "503",
+                "Overloaded, timed out, or a dependency is unavailable",
+            ));
+            for (status, description) in wanted {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| problem(description));
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -259,7 +259,8 @@ fn export_stream(
         header_sent: false,
         done: false,
     };
-    futures::stream::unfold(start, |mut st| async move {
+    // Fused: a body consumer (the compression layer) may poll once more after the end.
+    futures::StreamExt::fuse(futures::stream::unfold(start, |mut st| async move {
         if st.done {
             return None;
         }
@@ -300,7 +301,7 @@ fn export_stream(
                 Some((Err(std::io::Error::other("audit export failed")), st))
             }
         }
-    })
+    }))
 }
 
 fn csv_line(out: &mut String, e: &AuditEvent) {

@@ -27,7 +27,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use concurrency::{ExpectedVersion, expected_version, stale};
 pub use context::{ClientIp, RequestId, RequestStart};
-pub use error::{ApiError, ApiResult, FieldError, Problem};
+pub use error::{ApiError, ApiResult, FieldError, PROBLEM_CONTENT_TYPE, Problem};
 pub use extract::{Json, Path, Query};
 
 use crate::config::Config;
