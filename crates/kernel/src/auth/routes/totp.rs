@@ -144,7 +144,7 @@ pub struct TotpDisable {
 #[utoipa::path(post, path = "/api/v1/auth/totp/disable", tag = "auth",
     security(("bearer" = [])),
     request_body = TotpDisable,
-    responses((status = 204, description = "Disabled"), (status = 403, description = "Required by the organization"), (status = 422, description = "Wrong password or code")))]
+    responses((status = 204, description = "Disabled"), (status = 403, description = "Required by the organization"), (status = 409, description = "Two-factor sign-in is not enabled"), (status = 422, description = "Wrong password or code")))]
 pub async fn disable_totp(
     State(state): State<AppState>,
     SignedIn(me): SignedIn,
