@@ -388,3 +388,36 @@ async fn the_dashboard_and_alert_rules_query_only_families_keel_exports() {
         }
     }
 }
+
+#[tokio::test]
+async fn metrics_can_move_to_a_private_listener() {
+    let (application, db) = TestApp::builder()
+        .configure(|c| {
+            c.log.slow_operation_ms = SLOW_MS;
+            c.metrics.listen = Some("127.0.0.1:0".into());
+        })
+        .build()
+        .await
+        .expect("build");
+    let metrics_addr = application.metrics_addr().expect("a metrics listener");
+    let app = TestApp::serve(application, db);
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+
+    let on_api = app.get("/metrics").await;
+    assert_eq!(
+        on_api.status(),
+        StatusCode::NOT_FOUND,
+        "not on the API listener"
+    );
+    let scrape = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("scrape");
+    assert_eq!(scrape.status(), StatusCode::OK);
+    let text = scrape.text().await.expect("text");
+    assert!(text.contains("keel_http_requests_total"), "{text}");
+    // The private listener serves metrics and nothing else.
+    let other = reqwest::get(format!("http://{metrics_addr}/health"))
+        .await
+        .expect("get");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}

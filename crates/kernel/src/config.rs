@@ -254,6 +254,9 @@ pub struct MetricsConfig {
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`
     /// (`KEEL_METRICS__TOKEN`).
     pub token: Option<Secret>,
+    /// When set (e.g. `127.0.0.1:9464`), `GET /metrics` is served on this address only, and
+    /// the API listener answers 404 for it: scrapers reach it on a private interface.
+    pub listen: Option<String>,
 }
 
 /// `[auth]`: tokens, sessions, brute-force protection and password hashing.
@@ -641,6 +644,13 @@ impl Config {
                 self.listen
             ));
         }
+        if let Some(addr) = &self.metrics.listen
+            && addr.parse::<SocketAddr>().is_err()
+        {
+            problems.push(format!(
+                "metrics.listen: `{addr}` is not a socket address like 127.0.0.1:9464"
+            ));
+        }
         if let Some(url) = &self.database_url
             && DatabaseKind::of(url.expose()).is_none()
         {
@@ -830,6 +840,18 @@ impl Config {
 
     pub fn database_kind(&self) -> DatabaseKind {
         DatabaseKind::of(&self.database_url()).unwrap_or(DatabaseKind::Sqlite)
+    }
+
+    /// The separate metrics address, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.metrics
+            .listen
+            .as_deref()
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| ConfigError::one(format!("metrics.listen: `{a}` is not valid")))
+            })
+            .transpose()
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

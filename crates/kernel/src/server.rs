@@ -37,6 +37,8 @@ use crate::store::migrate;
 pub struct Application {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
+    /// `metrics.listen`: a listener that serves only `GET /metrics`.
+    metrics_listener: Option<(std::net::TcpListener, SocketAddr)>,
     router: Router,
     state: AppState,
     tls: Option<RustlsConfig>,
@@ -244,6 +246,16 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr}"))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_addr()? {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+                l.set_nonblocking(true)?;
+                let bound = l.local_addr()?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let tls = match (&config.http.tls_cert_path, &config.http.tls_key_path) {
             (Some(cert), Some(key)) => Some(
                 RustlsConfig::from_pem_file(cert, key)
@@ -255,6 +267,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            metrics_listener,
             router,
             state,
             tls,
@@ -271,6 +284,11 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Where `GET /metrics` is served when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, a)| *a)
     }
 
     /// The complete router with every layer, as `run_until_stopped` serves it: lets
@@ -319,6 +337,19 @@ impl Application {
             }
         };
         let mut server = AbortOnDrop(server);
+        let _metrics_server = match self.metrics_listener {
+            Some((listener, addr)) => {
+                tracing::info!(address = %addr, "metrics on http://{addr}/metrics");
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let router = crate::metrics::listener_router(self.state.clone());
+                Some(AbortOnDrop(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "the metrics listener failed");
+                    }
+                })))
+            }
+            None => None,
+        };
         crate::metrics::handle();
         let upkeep = AbortOnDrop(tokio::spawn(crate::metrics::upkeep_forever()));
         let (relay_stop, relay_stopped) = tokio::sync::watch::channel(false);

@@ -506,6 +506,11 @@ async fn run_due(
         }
         match fire(state, me, schedule, ticker, due).await {
             Ok(Fired::Ran { missed }) => {
+                metrics::counter!("keel_scheduler_ticks_total", "schedule" => schedule.name, "outcome" => "enqueued").increment(1);
+                if missed > 0 {
+                    metrics::counter!("keel_scheduler_missed_ticks_total", "schedule" => schedule.name)
+                        .increment(u64::try_from(missed).unwrap_or(0));
+                }
                 tracing::info!(
                     schedule = schedule.name,
                     tick_at = %due,
@@ -519,6 +524,7 @@ async fn run_due(
                 baselines.insert(schedule.name, Ord::max(last, due));
             }
             Err(e) => {
+                metrics::counter!("keel_scheduler_ticks_total", "schedule" => schedule.name, "outcome" => "failed").increment(1);
                 tracing::warn!(schedule = schedule.name, error = %e, "enqueueing a scheduled tick failed; retrying");
             }
         }

@@ -107,6 +107,14 @@ fn describe() {
         "Job attempt duration by queue and job type"
     );
     metrics::describe_counter!(
+        "keel_scheduler_ticks_total",
+        "Scheduled ticks enqueued (or failed to enqueue) by the leader, by schedule"
+    );
+    metrics::describe_counter!(
+        "keel_scheduler_missed_ticks_total",
+        "Ticks a schedule missed (no leader at the time), reported with the next tick"
+    );
+    metrics::describe_counter!(
         "keel_slow_operations_total",
         "Operations slower than log.slow_operation_ms, by kind"
     );
@@ -204,14 +212,34 @@ impl Drop for Tracked {
     }
 }
 
+/// Marks requests that came in on the `metrics.listen` listener.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListener;
+
+/// The router of the `metrics.listen` listener: `GET /metrics` and nothing else.
+pub fn listener_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(prometheus))
+        .layer(axum::Extension(MetricsListener))
+        .with_state(state)
+}
+
 /// Prometheus text format. When `metrics.token` is set, a scraper must send it as a bearer
 /// token.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses(
         (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
         (status = 401, description = "metrics.token is set and was not sent"),
+        (status = 404, description = "metrics.listen is set: scrape that address instead"),
     ))]
-pub async fn prometheus(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+pub async fn prometheus(
+    State(state): State<AppState>,
+    on_metrics_listener: Option<axum::Extension<MetricsListener>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if state.config.metrics.listen.is_some() && on_metrics_listener.is_none() {
+        return ApiError::not_found().into_response();
+    }
     if let Some(expected) = &state.config.metrics.token {
         let sent = headers
             .get(header::AUTHORIZATION)
