@@ -620,3 +620,5 @@ mod tests {
         assert_ne!(relinked.compute_hash(), h);
     }
 }
+
+crate::keyed!(AuditEvent { "seq" => Int(seq), "created_at" => Time(created_at) });

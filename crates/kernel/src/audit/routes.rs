@@ -110,7 +110,7 @@ pub async fn list_events(
     let page = page.resolve(&["seq", "created_at"], "-seq")?;
     let filter = filter_of(query, &range)?;
     let (rows, total) = store::list(&state.db, org, &filter, &page).await?;
-    Ok(Json(Paged::new(rows, &page, total)))
+    Ok(Json(Paged::from_rows(rows, &page, total)))
 }
 
 /// Reads one audit event.

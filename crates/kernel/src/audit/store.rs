@@ -71,24 +71,15 @@ pub async fn list(
     org_id: Uuid,
     filter: &EventFilter,
     page: &PageRequest,
-) -> Result<(Vec<AuditEvent>, u64), StoreError> {
+) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
     let cond = filter.condition(org_id);
-    let order = if page.descending {
-        Order::Desc
-    } else {
-        Order::Asc
+    let mut select = select_events().cond_where(cond.clone()).to_owned();
+    crate::store::paginate(&mut select, page);
+    let rows: Vec<EventRow> = db.fetch_all(&select).await?;
+    let total = match page.wants_total() {
+        true => Some(count_where(db, "audit_events", cond).await?),
+        false => None,
     };
-    let rows: Vec<EventRow> = db
-        .fetch_all(
-            &select_events()
-                .cond_where(cond.clone())
-                .order_by("seq", order)
-                .limit(page.page_size)
-                .offset(page.offset())
-                .to_owned(),
-        )
-        .await?;
-    let total = count_where(db, "audit_events", cond).await?;
     Ok((rows.into_iter().map(EventRow::into_event).collect(), total))
 }
 

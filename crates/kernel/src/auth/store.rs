@@ -377,7 +377,7 @@ pub async fn list_users(
     scope: &TenantScope,
     filter: &UserFilter,
     page: &PageRequest,
-) -> Result<(Vec<UserRow>, u64), StoreError> {
+) -> Result<(Vec<UserRow>, Option<u64>), StoreError> {
     let mut cond = Cond::all().add(Expr::col("org_id").eq(scope.org_id()));
     if let Some(s) = &filter.status {
         cond = cond.add(Expr::col("status").eq(s.as_str()));
@@ -398,23 +398,13 @@ pub async fn list_users(
                 ),
         );
     }
-    let order = if page.descending {
-        Order::Desc
-    } else {
-        Order::Asc
+    let mut select = select_users().cond_where(cond.clone()).to_owned();
+    crate::store::paginate(&mut select, page);
+    let rows = db.fetch_all(&select).await?;
+    let total = match page.wants_total() {
+        true => Some(count_where(db, "users", cond).await?),
+        false => None,
     };
-    let rows = db
-        .fetch_all(
-            &select_users()
-                .cond_where(cond.clone())
-                .order_by(sea_query::Alias::new(page.sort.clone()), order.clone())
-                .order_by("id", order)
-                .limit(page.page_size)
-                .offset(page.offset())
-                .to_owned(),
-        )
-        .await?;
-    let total = count_where(db, "users", cond).await?;
     Ok((rows, total))
 }
 
@@ -882,22 +872,20 @@ pub async fn list_invitations(
     db: &Db,
     scope: &TenantScope,
     page: &PageRequest,
-) -> Result<(Vec<Invitation>, u64), StoreError> {
+) -> Result<(Vec<Invitation>, Option<u64>), StoreError> {
     let cond = Cond::all().add(Expr::col("org_id").eq(scope.org_id()));
-    let rows = db
-        .fetch_all(
-            &Query::select()
-                .columns(INVITATION_COLUMNS)
-                .from("invitations")
-                .cond_where(cond.clone())
-                .order_by("created_at", Order::Desc)
-                .order_by("id", Order::Desc)
-                .limit(page.page_size)
-                .offset(page.offset())
-                .to_owned(),
-        )
-        .await?;
-    Ok((rows, count_where(db, "invitations", cond).await?))
+    let mut select = Query::select()
+        .columns(INVITATION_COLUMNS)
+        .from("invitations")
+        .cond_where(cond.clone())
+        .to_owned();
+    crate::store::paginate(&mut select, page);
+    let rows = db.fetch_all(&select).await?;
+    let total = match page.wants_total() {
+        true => Some(count_where(db, "invitations", cond).await?),
+        false => None,
+    };
+    Ok((rows, total))
 }
 
 pub async fn revoke_invitation(
@@ -1029,25 +1017,20 @@ pub async fn list_api_keys(
     db: &Db,
     scope: &TenantScope,
     page: &PageRequest,
-) -> Result<(Vec<ApiKey>, u64), StoreError> {
+) -> Result<(Vec<ApiKey>, Option<u64>), StoreError> {
     let cond = Cond::all().add(Expr::col("org_id").eq(scope.org_id()));
-    let rows: Vec<ApiKeyRow> = db
-        .fetch_all(
-            &Query::select()
-                .columns(API_KEY_COLUMNS)
-                .from("api_keys")
-                .cond_where(cond.clone())
-                .order_by("created_at", Order::Desc)
-                .order_by("id", Order::Desc)
-                .limit(page.page_size)
-                .offset(page.offset())
-                .to_owned(),
-        )
-        .await?;
-    Ok((
-        rows.into_iter().map(ApiKey::from).collect(),
-        count_where(db, "api_keys", cond).await?,
-    ))
+    let mut select = Query::select()
+        .columns(API_KEY_COLUMNS)
+        .from("api_keys")
+        .cond_where(cond.clone())
+        .to_owned();
+    crate::store::paginate(&mut select, page);
+    let rows: Vec<ApiKeyRow> = db.fetch_all(&select).await?;
+    let total = match page.wants_total() {
+        true => Some(count_where(db, "api_keys", cond).await?),
+        false => None,
+    };
+    Ok((rows.into_iter().map(ApiKey::from).collect(), total))
 }
 
 pub async fn get_api_key(db: &Db, scope: &TenantScope, id: Uuid) -> Result<ApiKey, StoreError> {
@@ -1535,7 +1518,7 @@ pub async fn list_security_events(
     scope: &TenantScope,
     kind: Option<&str>,
     page: &PageRequest,
-) -> Result<(Vec<SecurityEvent>, u64), StoreError> {
+) -> Result<(Vec<SecurityEvent>, Option<u64>), StoreError> {
     let filter = EventFilter {
         action: Some(match kind {
             Some(k) => format!("auth.{k}"),
@@ -1567,3 +1550,8 @@ pub async fn list_security_events(
         total,
     ))
 }
+
+crate::keyed!(User { "created_at" => Time(created_at), "email" => Text(email), "name" => Text(name) });
+crate::keyed!(Invitation { "created_at" => Time(created_at) });
+crate::keyed!(ApiKey { "created_at" => Time(created_at) });
+crate::keyed!(SecurityEvent { "created_at" => Time(created_at) });

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::store::{self, Job, JobAccess, JobActionError, JobFilter, JobPage, JobState};
 use crate::auth::access::perms;
 use crate::auth::{Authorized, Principal, SignedIn};
-use crate::http::pagination::{PageInfo, PageParams, Paged};
+use crate::http::pagination::{Cursor, PageInfo, PageParams, Paged, SortValue};
 use crate::http::{ApiError, ApiResult, Json, Path, Query};
 use crate::module::ModuleRouter;
 use crate::state::AppState;
@@ -91,6 +91,12 @@ pub async fn list_jobs(
     Query(page): Query<PageParams>,
 ) -> ApiResult<Json<Paged<Job>>> {
     let page = page.resolve(&["created_at"], "-created_at")?;
+    if !page.descending {
+        return Err(ApiError::invalid_field(
+            "sort",
+            "jobs are listed newest first: -created_at",
+        ));
+    }
     let state_filter = match &query.status {
         Some(s) => Some(s.parse::<JobState>().map_err(|_| {
             ApiError::invalid_field(
@@ -110,22 +116,44 @@ pub async fn list_jobs(
         &state.db,
         access(&auth, &scope),
         &filter,
-        JobPage::Number {
-            page: u32::try_from(page.page).unwrap_or(u32::MAX),
-            page_size: u32::try_from(page.page_size).unwrap_or(100),
+        match &page.after {
+            Some(Cursor {
+                value: SortValue::Time(created_at),
+                id,
+                ..
+            }) => JobPage::After {
+                cursor: store::JobCursor {
+                    created_at: *created_at,
+                    id: *id,
+                },
+                page_size: u32::try_from(page.page_size).unwrap_or(100),
+            },
+            Some(_) => return Err(ApiError::invalid_field("cursor", "is not a job cursor")),
+            None => JobPage::Number {
+                page: u32::try_from(page.page).unwrap_or(u32::MAX),
+                page_size: u32::try_from(page.page_size).unwrap_or(100),
+            },
         },
     )
     .await?;
-    let total = list.total.unwrap_or(0);
+    let cursor_mode = page.after.is_some();
     Ok(Json(Paged {
         data: list.jobs,
         pagination: PageInfo {
-            page: Some(page.page),
+            page: (!cursor_mode).then_some(page.page),
             page_size: page.page_size,
-            total: Some(total),
-            total_pages: Some(total.div_ceil(page.page_size)),
+            total: list.total,
+            total_pages: list.total.map(|t| t.div_ceil(page.page_size)),
             total_exact: true,
-            next_cursor: None,
+            next_cursor: list.next_cursor.map(|c| {
+                Cursor {
+                    sort: "created_at".into(),
+                    descending: true,
+                    value: SortValue::Time(c.created_at),
+                    id: c.id,
+                }
+                .encode()
+            }),
         },
     }))
 }

@@ -509,7 +509,7 @@ async fn run_due(
                 metrics::counter!("keel_scheduler_ticks_total", "schedule" => schedule.name, "outcome" => "enqueued").increment(1);
                 if missed > 0 {
                     metrics::counter!("keel_scheduler_missed_ticks_total", "schedule" => schedule.name)
-                        .increment(u64::try_from(missed).unwrap_or(0));
+                        .increment(u64::from(missed));
                 }
                 tracing::info!(
                     schedule = schedule.name,

@@ -60,7 +60,7 @@ pub async fn list_partners(
         parse_kind(k).map_err(|e| ApiError::validation(vec![e]))?;
     }
     let (rows, total) = store::list(&state.db, &auth.scope(), query.kind.as_deref(), &page).await?;
-    Ok(Json(Paged::new(rows, &page, total)))
+    Ok(Json(Paged::from_rows(rows, &page, total)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1,7 +1,7 @@
 //! Partner queries; every one takes the tenant scope.
 
 use chrono::{DateTime, Utc};
-use sea_query::{Cond, Expr, ExprTrait, Order, Query};
+use sea_query::{Cond, Expr, ExprTrait, Query};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -105,32 +105,26 @@ pub async fn list(
     scope: &TenantScope,
     kind: Option<&str>,
     page: &PageRequest,
-) -> Result<(Vec<Partner>, u64), StoreError> {
+) -> Result<(Vec<Partner>, Option<u64>), StoreError> {
     let mut cond = visible(scope);
     if let Some(k) = kind {
         cond = cond.add(Expr::col("kind").eq(k));
     }
-    let order = if page.descending {
-        Order::Desc
-    } else {
-        Order::Asc
+    let mut select = Query::select()
+        .columns(COLUMNS)
+        .from("partners")
+        .cond_where(cond.clone())
+        .to_owned();
+    crate::store::paginate(&mut select, page);
+    let rows = db.fetch_all(&select).await?;
+    let total = match page.wants_total() {
+        true => Some(crate::auth::store::count_where(db, "partners", cond).await?),
+        false => None,
     };
-    let rows = db
-        .fetch_all(
-            &Query::select()
-                .columns(COLUMNS)
-                .from("partners")
-                .cond_where(cond.clone())
-                .order_by(sea_query::Alias::new(page.sort.clone()), order.clone())
-                .order_by("id", order)
-                .limit(page.page_size)
-                .offset(page.offset())
-                .to_owned(),
-        )
-        .await?;
-    let total = crate::auth::store::count_where(db, "partners", cond).await?;
     Ok((rows, total))
 }
+
+crate::keyed!(Partner { "created_at" => Time(created_at), "name" => Text(name) });
 
 /// Writes name and kind if the version matches (when given); false when nothing matched.
 pub async fn update(

@@ -40,6 +40,24 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
 
 use crate::config::{Config, DatabaseKind};
 
+/// Applies a list's page request to its query: in cursor mode the keyset condition; the
+/// order (the sort field, then the id, in one direction); one row more than a page (so the
+/// page knows whether another follows); and the offset of a numbered page.
+pub fn paginate(
+    select: &mut sea_query::SelectStatement,
+    page: &crate::http::pagination::PageRequest,
+) {
+    if let Some(keyset) = page.keyset() {
+        select.cond_where(keyset);
+    }
+    let order = page.order();
+    select
+        .order_by(sea_query::Alias::new(page.sort.clone()), order.clone())
+        .order_by("id", order)
+        .limit(page.fetch_limit())
+        .offset(page.offset());
+}
+
 /// The current time, at the precision both engines store (microseconds).
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)

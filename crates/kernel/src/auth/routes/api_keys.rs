@@ -132,7 +132,7 @@ pub async fn list_api_keys(
 ) -> ApiResult<Json<Paged<ApiKey>>> {
     let page = page.resolve(&["created_at"], "-created_at")?;
     let (rows, total) = store::list_api_keys(&state.db, &auth.scope(), &page).await?;
-    Ok(Json(Paged::new(rows, &page, total)))
+    Ok(Json(Paged::from_rows(rows, &page, total)))
 }
 
 /// Reads one API key.

@@ -306,7 +306,7 @@ pub async fn list_invitations(
     same_org(&auth, org_id)?;
     let page = page.resolve(&["created_at"], "-created_at")?;
     let (rows, total) = store::list_invitations(&state.db, &auth.scope(), &page).await?;
-    Ok(Json(Paged::new(rows, &page, total)))
+    Ok(Json(Paged::from_rows(rows, &page, total)))
 }
 
 /// Withdraws an open invitation.
@@ -361,7 +361,7 @@ pub async fn list_security_events(
     let page = page.resolve(&["created_at"], "-created_at")?;
     let (rows, total) =
         store::list_security_events(&state.db, &auth.scope(), query.kind.as_deref(), &page).await?;
-    Ok(Json(Paged::new(rows, &page, total)))
+    Ok(Json(Paged::from_rows(rows, &page, total)))
 }
 
 #[cfg(test)]

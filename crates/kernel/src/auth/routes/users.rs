@@ -64,7 +64,7 @@ pub async fn list_users(
         q: query.q,
     };
     let (rows, total) = store::list_users(&state.db, &auth.scope(), &filter, &page).await?;
-    Ok(Json(Paged::new(
+    Ok(Json(Paged::from_rows(
         rows.into_iter().map(User::from).collect(),
         &page,
         total,
