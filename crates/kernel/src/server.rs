@@ -147,12 +147,17 @@ async fn prepare(
         route_policies,
         auth,
         audit: Arc::new(crate::audit::AuditRuntime::default()),
+        integrations: Arc::new(crate::integrations::Integrations::new(&config)?),
         jobs,
         openapi_json,
         installation_id,
         node_id: uuid::Uuid::now_v7(),
         started_at: Instant::now(),
     });
+    // Committed events that organizations' webhook endpoints asked for become deliveries.
+    state.audit.bus.register(Arc::new(
+        crate::integrations::webhooks::WebhookSubscriber::new(&state),
+    ));
     Ok((state, router))
 }
 
