@@ -480,6 +480,14 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
             }),
         },
         Fixture {
+            resource: "webhook_endpoint",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(
+                    async move { crate::integrations::webhooks::fixture(&state, &scope).await },
+                )
+            }),
+        },
+        Fixture {
             resource: "session",
             create: Arc::new(|state: AppState, scope| {
                 Box::pin(async move {

@@ -490,6 +490,45 @@ pub fn client(
         .map_err(|e| anyhow::anyhow!("cannot build the webhook client: {e}"))
 }
 
+/// A sample endpoint with one delivery, for the isolation probe.
+pub(crate) async fn fixture(
+    state: &AppState,
+    scope: &TenantScope,
+) -> anyhow::Result<crate::module::FixtureResource> {
+    let id = Uuid::now_v7();
+    let secret = state.auth.keyring.encrypt_str(
+        &generate_secret(),
+        &store::secret_context(scope.org_id(), id),
+    )?;
+    let mut tx = state.db.begin().await?;
+    store::insert_endpoint(
+        &mut tx,
+        scope,
+        id,
+        "https://hooks.fixture.example/keel",
+        Some("fixture"),
+        &["fixture.*".to_string()],
+        &secret,
+    )
+    .await?;
+    // Disabled, so the probe's test deliveries are refused rather than sent.
+    store::update_endpoint(
+        &mut tx,
+        scope,
+        id,
+        "https://hooks.fixture.example/keel",
+        Some("fixture"),
+        &["fixture.*".to_string()],
+        false,
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(crate::module::FixtureResource {
+        paths: vec![format!("/api/v1/webhooks/endpoints/{id}")],
+    })
+}
+
 /// Forgets incoming event ids older than twice the timestamp tolerance.
 pub(crate) async fn prune_receipts(state: &AppState) -> Result<u64, StoreError> {
     let keep = TimeDelta::seconds(
