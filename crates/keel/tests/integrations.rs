@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::StatusCode as AxumStatus;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use keel_kernel::integrations::config::OutboundConfig;
+use keel_kernel::integrations::config::{OutboundConfig, ServiceOverride};
 use keel_kernel::integrations::{BreakerState, Outbound, OutboundError};
 use keel_testkit::{FakeServer, TestApp, problem};
 use reqwest::StatusCode;
@@ -313,10 +313,20 @@ async fn a_service_that_does_not_answer_times_out_on_every_attempt() {
         }),
     ))
     .await;
+    // The service's own settings override `[outbound]`.
     let outbound = Outbound::new(&OutboundConfig {
-        timeout_ms: 200,
-        retry_attempts: 2,
+        timeout_ms: 10_000,
+        retry_attempts: 3,
         retry_base_ms: 1,
+        services: [(
+            "slow".to_string(),
+            ServiceOverride {
+                timeout_ms: Some(200),
+                retry_attempts: Some(2),
+                ..ServiceOverride::default()
+            },
+        )]
+        .into(),
         ..OutboundConfig::default()
     })
     .expect("client");

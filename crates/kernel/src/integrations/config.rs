@@ -1,5 +1,8 @@
 //! `[outbound]`, `[llm]` and `[webhooks]`: the configuration of calls to other services.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
@@ -30,6 +33,31 @@ pub struct OutboundConfig {
     pub breaker_half_open_probes: u32,
     /// Calls in flight at once per service (bulkhead); more wait for a slot.
     pub max_concurrent: u32,
+    /// Per-service overrides, by service name (`[outbound.services."llm.openai"]`).
+    pub services: BTreeMap<String, ServiceOverride>,
+}
+
+/// `[outbound.services."<name>"]`: settings of one service that differ from `[outbound]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceOverride {
+    pub timeout_ms: Option<u64>,
+    pub retry_attempts: Option<u32>,
+    pub breaker_failure_threshold: Option<u32>,
+    pub breaker_open_ms: Option<u64>,
+    pub breaker_half_open_probes: Option<u32>,
+    pub max_concurrent: Option<u32>,
+}
+
+/// One service's settings: `[outbound]` with its overrides applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub timeout: Duration,
+    pub retry_attempts: u32,
+    pub breaker_failure_threshold: u32,
+    pub breaker_open: Duration,
+    pub breaker_half_open_probes: u32,
+    pub max_concurrent: u32,
 }
 
 impl Default for OutboundConfig {
@@ -44,12 +72,62 @@ impl Default for OutboundConfig {
             breaker_open_ms: 30_000,
             breaker_half_open_probes: 1,
             max_concurrent: 32,
+            services: BTreeMap::new(),
         }
     }
 }
 
 impl OutboundConfig {
+    /// The settings of the service named `name`.
+    pub fn service(&self, name: &str) -> ServiceSettings {
+        let o = self.services.get(name).cloned().unwrap_or_default();
+        ServiceSettings {
+            timeout: Duration::from_millis(o.timeout_ms.unwrap_or(self.timeout_ms).max(1)),
+            retry_attempts: o.retry_attempts.unwrap_or(self.retry_attempts).max(1),
+            breaker_failure_threshold: o
+                .breaker_failure_threshold
+                .unwrap_or(self.breaker_failure_threshold)
+                .max(1),
+            breaker_open: Duration::from_millis(o.breaker_open_ms.unwrap_or(self.breaker_open_ms)),
+            breaker_half_open_probes: o
+                .breaker_half_open_probes
+                .unwrap_or(self.breaker_half_open_probes)
+                .max(1),
+            max_concurrent: o.max_concurrent.unwrap_or(self.max_concurrent).max(1),
+        }
+    }
+
     pub fn value_problems(&self) -> Vec<String> {
+        let mut problems = self.own_problems("outbound");
+        for (name, o) in &self.services {
+            let section = format!("outbound.services.\"{name}\"");
+            for (key, value) in [
+                ("timeout_ms", o.timeout_ms),
+                ("breaker_open_ms", o.breaker_open_ms),
+            ] {
+                if value.is_some_and(|v| v == 0 || v > 3_600_000) {
+                    problems.push(format!("{section}.{key}: must be between 1 and 3600000"));
+                }
+            }
+            if o.retry_attempts.is_some_and(|n| !(1..=10).contains(&n)) {
+                problems.push(format!(
+                    "{section}.retry_attempts: must be between 1 and 10"
+                ));
+            }
+            for (key, value) in [
+                ("breaker_failure_threshold", o.breaker_failure_threshold),
+                ("breaker_half_open_probes", o.breaker_half_open_probes),
+                ("max_concurrent", o.max_concurrent),
+            ] {
+                if value == Some(0) {
+                    problems.push(format!("{section}.{key}: must be at least 1"));
+                }
+            }
+        }
+        problems
+    }
+
+    fn own_problems(&self, section: &str) -> Vec<String> {
         let mut problems = Vec::new();
         for (key, value) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -58,26 +136,34 @@ impl OutboundConfig {
             ("breaker_open_ms", self.breaker_open_ms),
         ] {
             if value == 0 {
-                problems.push(format!("outbound.{key}: must be greater than 0"));
+                problems.push(format!("{section}.{key}: must be greater than 0"));
             }
             if value > 3_600_000 {
-                problems.push(format!("outbound.{key}: must be at most 3600000 (1 hour)"));
+                problems.push(format!("{section}.{key}: must be at most 3600000 (1 hour)"));
             }
         }
         if self.retry_cap_ms < self.retry_base_ms {
-            problems.push("outbound.retry_cap_ms: must not be below outbound.retry_base_ms".into());
+            problems.push(format!(
+                "{section}.retry_cap_ms: must not be below retry_base_ms"
+            ));
         }
         if !(1..=10).contains(&self.retry_attempts) {
-            problems.push("outbound.retry_attempts: must be between 1 and 10".into());
+            problems.push(format!(
+                "{section}.retry_attempts: must be between 1 and 10"
+            ));
         }
         if self.breaker_failure_threshold == 0 {
-            problems.push("outbound.breaker_failure_threshold: must be at least 1".into());
+            problems.push(format!(
+                "{section}.breaker_failure_threshold: must be at least 1"
+            ));
         }
         if self.breaker_half_open_probes == 0 {
-            problems.push("outbound.breaker_half_open_probes: must be at least 1".into());
+            problems.push(format!(
+                "{section}.breaker_half_open_probes: must be at least 1"
+            ));
         }
         if self.max_concurrent == 0 {
-            problems.push("outbound.max_concurrent: must be at least 1".into());
+            problems.push(format!("{section}.max_concurrent: must be at least 1"));
         }
         problems
     }
@@ -211,5 +297,39 @@ impl WebhooksConfig {
             }
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_override_wins_over_the_defaults_and_is_validated() {
+        let mut config = OutboundConfig::default();
+        config.services.insert(
+            "llm.openai".into(),
+            ServiceOverride {
+                timeout_ms: Some(60_000),
+                max_concurrent: Some(0),
+                ..ServiceOverride::default()
+            },
+        );
+        let s = config.service("llm.openai");
+        assert_eq!(s.timeout, Duration::from_secs(60));
+        assert_eq!(s.retry_attempts, 3);
+        assert_eq!(config.service("other").timeout, Duration::from_secs(15));
+        assert_eq!(
+            config.value_problems(),
+            vec!["outbound.services.\"llm.openai\".max_concurrent: must be at least 1".to_string()]
+        );
+        assert!(OutboundConfig::default().value_problems().is_empty());
+        assert!(LlmConfig::default().value_problems().is_empty());
+        assert!(WebhooksConfig::default().value_problems().is_empty());
+        let bad = WebhooksConfig {
+            allow_private_networks: vec!["not-a-net".into()],
+            ..WebhooksConfig::default()
+        };
+        assert_eq!(bad.value_problems().len(), 1);
     }
 }

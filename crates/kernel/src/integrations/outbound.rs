@@ -23,7 +23,7 @@ use rand::Rng as _;
 use tokio::sync::Semaphore;
 
 use super::breaker::{Admission, Breaker, BreakerSettings, BreakerSnapshot};
-use super::config::OutboundConfig;
+use super::config::{OutboundConfig, ServiceSettings};
 use crate::http::ApiError;
 
 /// Why an outbound call failed (a response with an error status is not an error here: the
@@ -118,6 +118,7 @@ pub fn traceparent() -> Option<String> {
 }
 
 struct Service {
+    settings: ServiceSettings,
     breaker: Breaker,
     bulkhead: Arc<Semaphore>,
 }
@@ -202,13 +203,15 @@ impl Outbound {
             .or_insert_with(|| {
                 metrics::gauge!("keel_circuit_breaker_state", "service" => name.to_string())
                     .set(0.0);
+                let settings = self.config.service(name);
                 Arc::new(Service {
+                    settings,
                     breaker: Breaker::new(BreakerSettings {
-                        threshold: self.config.breaker_failure_threshold.max(1),
-                        open_for: Duration::from_millis(self.config.breaker_open_ms),
-                        probes: self.config.breaker_half_open_probes.max(1),
+                        threshold: settings.breaker_failure_threshold,
+                        open_for: settings.breaker_open,
+                        probes: settings.breaker_half_open_probes,
                     }),
-                    bulkhead: Arc::new(Semaphore::new(self.config.max_concurrent.max(1) as usize)),
+                    bulkhead: Arc::new(Semaphore::new(settings.max_concurrent as usize)),
                 })
             })
             .clone()
@@ -224,10 +227,10 @@ impl Outbound {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
-        let max = self.config.max_concurrent.max(1);
         services
             .iter()
             .map(|(name, s)| {
+                let max = s.settings.max_concurrent;
                 let in_flight = max.saturating_sub(s.bulkhead.available_permits() as u32);
                 s.breaker.snapshot(name, in_flight, max)
             })
@@ -261,7 +264,7 @@ impl Outbound {
         let svc = self.service(service);
         let retryable = retry_safe || request.method().is_idempotent();
         let attempts = if retryable {
-            self.config.retry_attempts.max(1)
+            svc.settings.retry_attempts
         } else {
             1
         };
@@ -304,6 +307,7 @@ impl Outbound {
                 breaker: &svc.breaker,
                 admission: Some(admission),
             };
+            *this.timeout_mut() = Some(svc.settings.timeout);
             if let Some(tp) = traceparent()
                 && let Ok(v) = header::HeaderValue::from_str(&tp)
             {
