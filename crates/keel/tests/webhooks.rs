@@ -389,3 +389,73 @@ async fn another_organizations_endpoint_answers_404_and_admins_manage_their_own(
         StatusCode::NOT_FOUND
     );
 }
+
+/// Runs SQL outside the store, as someone with database access (or a row from before a
+/// configuration change) would.
+async fn raw(db: &keel_kernel::store::Db, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    match db {
+        keel_kernel::store::Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+        keel_kernel::store::Db::Postgres(pool) => {
+            sqlx::raw_sql(sql).execute(pool).await.map(|_| ())
+        }
+    }
+    .expect("raw sql");
+}
+
+#[tokio::test]
+async fn the_ssrf_guard_checks_again_at_delivery_time() {
+    // No private network allowed: the endpoint is registered with a public address, then
+    // (as DNS rebinding or an edited row would) points at this machine.
+    let app = TestApp::spawn().await;
+    let admin = app.register_org("admin@rebind.example", "Rebind").await;
+    let (fake, received) = receiver(0).await;
+    let r = register(&app, &admin, "https://93.184.216.34/hook", json!(["*"])).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let endpoint = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    for (n, url) in [
+        // A name that resolves to loopback only: the sender's resolver refuses it.
+        format!("http://localhost:{}/hook", fake.addr.port()),
+        // An IP literal, which no resolver sees.
+        fake.url("/hook"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        raw(
+            &app.state.db,
+            &format!("UPDATE webhook_endpoints SET url = '{url}'"),
+        )
+        .await;
+        let r = app
+            .post_as(
+                &format!("/api/v1/webhooks/endpoints/{endpoint}/test"),
+                &admin.access_token,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let data = deliveries_until(&app, &admin, &endpoint, |d| {
+            d.len() > n && d.iter().all(|x| x["attempts"].as_i64().unwrap_or(0) >= 1)
+        })
+        .await;
+        let newest = &data[0];
+        let error = newest["attempt_log"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            error.contains("public address") || error.contains("SSRF"),
+            "{url}: {newest}"
+        );
+        assert!(newest["attempt_log"][0]["status_code"].is_null());
+    }
+    assert!(
+        received.lock().expect("lock").is_empty(),
+        "nothing reached the local receiver"
+    );
+}
