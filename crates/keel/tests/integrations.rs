@@ -377,3 +377,43 @@ async fn the_bulkhead_caps_calls_in_flight_per_service() {
     }
     assert_eq!(peak.load(Ordering::SeqCst), 1);
 }
+
+/// Not a pass/fail test: what the breaker, bulkhead and metrics add to a call, against the
+/// same reqwest client calling a local fake service directly.
+/// `cargo test -p keel --release --test integrations -- --ignored --nocapture overhead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn overhead_of_the_resilient_client() {
+    let fake = FakeServer::start(Router::new().route("/ping", get(|| async { "pong" }))).await;
+    let outbound = Outbound::new(&OutboundConfig::default()).expect("client");
+    let url = fake.url("/ping");
+    let n = 2_000;
+    for _ in 0..200 {
+        call(&outbound, "bench", &url).await.expect("warm");
+    }
+    let mut direct = Vec::with_capacity(n);
+    let mut guarded = Vec::with_capacity(n);
+    for _ in 0..n {
+        let request = outbound.client().get(&url).build().expect("request");
+        let started = Instant::now();
+        let r = outbound.client().execute(request).await.expect("direct");
+        assert_eq!(r.status(), StatusCode::OK);
+        direct.push(started.elapsed());
+        let started = Instant::now();
+        assert_eq!(
+            call(&outbound, "bench", &url).await.expect("guarded"),
+            StatusCode::OK
+        );
+        guarded.push(started.elapsed());
+    }
+    direct.sort();
+    guarded.sort();
+    let us = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    println!(
+        "outbound: direct p50 {:.0} µs p99 {:.0} µs; through breaker+bulkhead+metrics p50 {:.0} µs p99 {:.0} µs",
+        us(&direct, 0.5),
+        us(&direct, 0.99),
+        us(&guarded, 0.5),
+        us(&guarded, 0.99)
+    );
+}

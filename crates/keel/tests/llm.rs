@@ -431,3 +431,49 @@ async fn a_failing_provider_opens_its_breaker_and_ai_endpoints_answer_503_naming
         "{ready}"
     );
 }
+
+fn percentiles(mut samples: Vec<std::time::Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+/// Not a pass/fail test: the latency of a cached answer (one indexed read and one hit-count
+/// update) against a miss to a local fake provider (the call plus the cache write), on the
+/// backend in use. `cargo test -p keel --test llm -- --ignored --nocapture cache_latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn cache_latency_hit_against_miss() {
+    let (fake, _seen) = fake_openai(vec![json!("an answer of a few words")]).await;
+    let app = app_with_llm(fake.base_url.clone(), LlmProviderKind::Openai, "gpt-test").await;
+    let a = app.register_org("admin@bench-llm.example", "B").await;
+    let scope = TenantScope::for_tests(a.org_id);
+    let llm = &app.state.integrations.llm;
+    let (mut misses, mut hits) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let request = || LlmRequest::new(format!("question {i}")).system("Be brief.");
+        let started = std::time::Instant::now();
+        let miss = llm
+            .complete(&app.state.db, &scope, request())
+            .await
+            .expect("miss");
+        misses.push(started.elapsed());
+        assert!(!miss.cached);
+        let started = std::time::Instant::now();
+        let hit = llm
+            .complete(&app.state.db, &scope, request())
+            .await
+            .expect("hit");
+        hits.push(started.elapsed());
+        assert!(hit.cached);
+    }
+    let (miss50, miss99) = percentiles(misses);
+    let (hit50, hit99) = percentiles(hits);
+    println!(
+        "llm cache on {:?}: hit p50 {hit50:.2} ms p99 {hit99:.2} ms; miss (local fake provider) p50 {miss50:.2} ms p99 {miss99:.2} ms",
+        app.db.kind()
+    );
+}

@@ -650,23 +650,10 @@ async fn cache_get(
         .eq(scope.org_id())
         .and(Expr::col("cache_key").eq(key))
         .and(Expr::col("expires_at").gt(at));
+    // One round trip: count the hit and read the answer (`UPDATE … RETURNING` on both
+    // engines).
     let row: Option<CacheRow> = db
         .fetch_optional(
-            &Query::select()
-                .columns([
-                    "response",
-                    "model",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "response_ms",
-                ])
-                .from("llm_cache")
-                .cond_where(cond.clone())
-                .to_owned(),
-        )
-        .await?;
-    if row.is_some() {
-        db.execute(
             &Query::update()
                 .table("llm_cache")
                 .values([
@@ -674,10 +661,16 @@ async fn cache_get(
                     ("last_used_at", at.into()),
                 ])
                 .cond_where(cond)
+                .returning(Query::returning().columns([
+                    "response",
+                    "model",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "response_ms",
+                ]))
                 .to_owned(),
         )
         .await?;
-    }
     Ok(row)
 }
 
