@@ -268,29 +268,17 @@ impl Outbound {
         } else {
             1
         };
-        let mut request = Some(request);
+        let mut this = request;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(original) = request.take() else {
-                // Unreachable: the loop returns before running out of requests.
-                return Err(OutboundError::CircuitOpen {
-                    service: service.to_string(),
-                    retry_in: Duration::ZERO,
-                });
-            };
             // Keep a copy for the next attempt; a streaming body cannot be copied, so such a
             // request gets one attempt.
-            let (mut this, next) = if attempt < attempts {
-                match original.try_clone() {
-                    Some(copy) => (original, Some(copy)),
-                    None => (original, None),
-                }
+            let next = if attempt < attempts {
+                this.try_clone()
             } else {
-                (original, None)
+                None
             };
-            let last = next.is_none();
-            request = next;
 
             let admission = match svc.breaker.admit() {
                 Ok(a) => a,
@@ -326,9 +314,9 @@ impl Outbound {
                     guard.record(!failed);
                     metrics::counter!("keel_outbound_requests_total", "service" => service.to_string(), "outcome" => if failed { "error_status" } else { "ok" }).increment(1);
                     self.publish_state(service, &svc);
-                    if !failed || last {
+                    let Some(next) = next.filter(|_| failed) else {
                         return Ok(response);
-                    }
+                    };
                     let delay = match retry_after(&response) {
                         Some(d) if d > Duration::from_millis(self.config.retry_cap_ms) => {
                             return Ok(response);
@@ -344,6 +332,7 @@ impl Outbound {
                         "outbound call failed; retrying"
                     );
                     tokio::time::sleep(delay).await;
+                    this = next;
                 }
                 Err(e) => {
                     guard.record(false);
@@ -354,12 +343,13 @@ impl Outbound {
                     };
                     metrics::counter!("keel_outbound_requests_total", "service" => service.to_string(), "outcome" => outcome).increment(1);
                     self.publish_state(service, &svc);
-                    if last {
+                    let Some(next) = next else {
                         return Err(err);
-                    }
+                    };
                     let delay = self.backoff(attempt);
                     tracing::debug!(service, attempt, error = %err, delay_ms = delay.as_millis() as u64, "outbound call failed; retrying");
                     tokio::time::sleep(delay).await;
+                    this = next;
                 }
             }
         }
