@@ -109,6 +109,12 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[audit]`: retention, the outbox relay and exports.
     pub audit: crate::audit::AuditConfig,
+    /// `[outbound]`: timeouts, retries, circuit breakers and bulkheads of outbound calls.
+    pub outbound: crate::integrations::config::OutboundConfig,
+    /// `[llm]`: the LLM provider and its response cache (`KEEL_LLM__API_KEY`).
+    pub llm: crate::integrations::config::LlmConfig,
+    /// `[webhooks]`: incoming verification and outgoing deliveries.
+    pub webhooks: crate::integrations::config::WebhooksConfig,
 }
 
 impl Default for Config {
@@ -132,6 +138,9 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             scheduler: SchedulerConfig::default(),
             audit: crate::audit::AuditConfig::default(),
+            outbound: Default::default(),
+            llm: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -796,6 +805,9 @@ impl Config {
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
         problems.extend(self.audit.value_problems());
+        problems.extend(self.outbound.value_problems());
+        problems.extend(self.llm.value_problems());
+        problems.extend(self.webhooks.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

@@ -11,6 +11,7 @@
 //! - [`audit`] — the append-only, hash-chained audit trail and its transactional outbox;
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
+//! - [`integrations`] — the resilient outbound client, the LLM client, webhooks;
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod housekeeping;
 pub mod http;
 pub mod idempotency;
+pub mod integrations;
 pub mod jobs;
 pub mod limits;
 pub mod mail;

@@ -36,6 +36,7 @@ impl Module for KernelModule {
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
             crate::migration!(5, "0005_audit", "migrations"),
+            crate::migration!(7, "0007_integrations", "migrations"),
             crate::migration!(10, "0010_job_stats", "migrations"),
         ]
     }
@@ -51,14 +52,20 @@ impl Module for KernelModule {
             .merge(crate::audit::routes::router())
             .merge(crate::jobs::routes::router())
             .merge(crate::metrics::routes::router())
+            .merge(crate::integrations::router())
     }
 
     fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {
-        vec![crate::housekeeping::job()]
+        let mut jobs = vec![crate::housekeeping::job()];
+        jobs.extend(crate::integrations::jobs());
+        jobs
     }
 
     fn schedules(&self) -> Vec<crate::jobs::ScheduleDefinition> {
-        vec![crate::housekeeping::schedule()]
+        vec![
+            crate::housekeeping::schedule(),
+            crate::integrations::schedule(),
+        ]
     }
 
     fn rate_limit_policies(&self) -> Vec<crate::limits::Policy> {
@@ -173,7 +180,7 @@ pub struct Readiness {
     pub installation_id: Uuid,
     /// `sqlite` or `postgres`.
     pub database_engine: &'static str,
-    /// Each dependency: `database`, `migrations`, `redis`.
+    /// Each dependency: `database`, `migrations`, `redis`, `llm` (`disabled` without a key).
     pub checks: BTreeMap<&'static str, Check>,
 }
 
@@ -203,6 +210,7 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
         },
     );
     checks.insert("redis", check_redis(&state).await);
+    checks.insert("llm", check_llm(&state));
     let ready = checks.values().all(|c| c.status != "down");
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
@@ -256,6 +264,35 @@ async fn check_migrations(state: &AppState) -> Check {
             Check::down("migration state unreadable")
         }
         Err(_) => Check::down("migration check timed out"),
+    }
+}
+
+/// The LLM is not called (that costs money and says little): readiness shows whether AI
+/// features are configured, and the circuit breaker's state when one has opened.
+fn check_llm(state: &AppState) -> Check {
+    let llm = &state.integrations.llm;
+    let Some(which) = llm.describe() else {
+        return Check {
+            status: "disabled",
+            latency_ms: None,
+            detail: Some("KEEL_LLM__API_KEY not set: AI features are disabled".into()),
+        };
+    };
+    let open = state
+        .integrations
+        .outbound
+        .breakers()
+        .into_iter()
+        .find(|b| {
+            b.service.starts_with("llm.") && b.state != crate::integrations::BreakerState::Closed
+        });
+    Check {
+        status: "up",
+        latency_ms: None,
+        detail: Some(match open {
+            Some(b) => format!("{which}; circuit breaker {:?}", b.state),
+            None => which,
+        }),
     }
 }
 
@@ -442,6 +479,14 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                         paths: vec![format!("/api/v1/audit/events/{}", event.id)],
                     })
                 })
+            }),
+        },
+        Fixture {
+            resource: "webhook_endpoint",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(
+                    async move { crate::integrations::webhooks::fixture(&state, &scope).await },
+                )
             }),
         },
         Fixture {

@@ -152,6 +152,7 @@ async fn prepare(
         route_policies,
         auth,
         audit: Arc::new(crate::audit::AuditRuntime::default()),
+        integrations: Arc::new(crate::integrations::Integrations::new(&config)?),
         jobs,
         openapi_json,
         installation_id,
@@ -159,6 +160,10 @@ async fn prepare(
         started_at: Instant::now(),
         http_stats: Arc::new(crate::metrics::window::Windows::new()),
     });
+    // Committed events that organizations' webhook endpoints asked for become deliveries.
+    state.audit.bus.register(Arc::new(
+        crate::integrations::webhooks::WebhookSubscriber::new(&state),
+    ));
     Ok((state, router))
 }
 

@@ -30,6 +30,8 @@ pub struct AppInner {
     pub jobs: Jobs,
     /// The audit trail's event bus (where the outbox relay delivers committed events).
     pub audit: Arc<crate::audit::AuditRuntime>,
+    /// The outbound client, the LLM client and the webhook sender.
+    pub integrations: Arc<crate::integrations::Integrations>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

@@ -6,6 +6,7 @@
 //! SQLite file. `TEST_REDIS_URL=redis://…` adds Redis. `TEST_LOG=debug` shows server logs.
 
 pub mod auth;
+pub mod fake;
 pub mod isolation;
 pub mod probe;
 pub mod proxy;
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use auth::{PASSWORD, Session};
+pub use fake::FakeServer;
 pub use proxy::TcpProxy;
 
 /// The PostgreSQL server tests use, if any.

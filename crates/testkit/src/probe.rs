@@ -44,6 +44,8 @@ impl Module for ProbeModule {
             .routes(routes!(create_item))
             .routes(routes!(get_item))
             .routes(routes!(create_audited_item))
+            .routes(routes!(ask_llm))
+            .routes(routes!(incoming_webhook))
     }
 }
 
@@ -251,4 +253,67 @@ async fn get_item(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiRes
         .and_where(Expr::col("id").eq(id))
         .to_owned();
     Ok(Json(state.db.fetch_one(&select).await?))
+}
+
+/// The secret the probe's incoming webhook route verifies with (the Standard Webhooks
+/// specification's example secret).
+pub const PROBE_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LlmPrompt {
+    pub prompt: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LlmReply {
+    pub text: String,
+    pub cached: bool,
+}
+
+/// Asks the configured LLM inside the caller's organization (an AI endpoint as an app
+/// would write one: `LlmError` becomes a problem with `?`).
+#[utoipa::path(post, path = "/api/v1/test/llm", tag = "test", request_body = LlmPrompt,
+    security(("bearer" = ["org.read"])),
+    responses((status = 200, body = LlmReply),
+        (status = 503, description = "AI disabled, or the provider's circuit breaker is open")))]
+async fn ask_llm(
+    State(state): State<AppState>,
+    auth: Authorized<perms::OrgRead>,
+    Json(body): Json<LlmPrompt>,
+) -> ApiResult<Json<LlmReply>> {
+    let answer = state
+        .integrations
+        .llm
+        .complete(
+            &state.db,
+            &auth.scope(),
+            keel_kernel::integrations::LlmRequest::new(body.prompt),
+        )
+        .await?;
+    Ok(Json(LlmReply {
+        text: answer.text,
+        cached: answer.cached,
+    }))
+}
+
+/// Receives a webhook signed with [`PROBE_WEBHOOK_SECRET`] (Standard Webhooks headers), as
+/// an app mounts the kernel's verifier: signature, timestamp window, replay guard.
+#[utoipa::path(post, path = "/api/v1/test/webhooks/incoming", tag = "test",
+    request_body(content = String, content_type = "application/json"),
+    responses((status = 200, description = "verified and recorded"),
+        (status = 400, description = "a webhook header is missing"),
+        (status = 401, description = "bad signature or stale timestamp"),
+        (status = 409, description = "replayed event id")))]
+async fn incoming_webhook(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    use keel_kernel::integrations::webhooks;
+    let verifier = webhooks::WebhookVerifier::from_config(&state, &[PROBE_WEBHOOK_SECRET]);
+    let mut tx = state.db.begin().await?;
+    let (verified, _scope) =
+        webhooks::accept(&mut tx, &verifier, "probe", None, &headers, &body).await?;
+    tx.commit().await?;
+    Ok(Json(serde_json::json!({ "id": verified.id })))
 }

@@ -74,6 +74,8 @@ pub mod perms {
     crate::permission!(pub SecurityRead = "security.read");
     crate::permission!(pub JobsManage = "jobs.manage");
     crate::permission!(pub AuditRead = "audit.read");
+    crate::permission!(pub WebhooksManage = "webhooks.manage");
+    crate::permission!(pub LlmRead = "llm.read");
 }
 
 pub fn kernel_permissions() -> Vec<Permission> {
@@ -126,6 +128,16 @@ pub fn kernel_permissions() -> Vec<Permission> {
         Permission {
             name: "audit.read",
             description: "Read, export and verify the organization's audit trail",
+            default_roles: &[ADMIN],
+        },
+        Permission {
+            name: "webhooks.manage",
+            description: "Register webhook endpoints, read their deliveries, send test deliveries",
+            default_roles: &[ADMIN],
+        },
+        Permission {
+            name: "llm.read",
+            description: "Read the organization's LLM cache statistics",
             default_roles: &[ADMIN],
         },
     ]

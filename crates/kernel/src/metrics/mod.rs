@@ -91,6 +91,23 @@ fn describe() {
         "keel_db_pool_waits_total",
         "Connection requests that found no idle connection"
     );
+    metrics::describe_gauge!(
+        "keel_circuit_breaker_state",
+        "Outbound circuit breaker state by service: 0 closed, 1 open, 2 half-open"
+    );
+    metrics::describe_counter!(
+        "keel_outbound_requests_total",
+        "Outbound call attempts by service and outcome (ok, error_status, timeout, error, rejected)"
+    );
+    metrics::describe_histogram!(
+        "keel_outbound_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Outbound call attempt latency by service"
+    );
+    metrics::describe_counter!(
+        "keel_webhook_attempts_total",
+        "Outgoing webhook delivery attempts by resulting delivery status"
+    );
     metrics::describe_gauge!("keel_jobs", "Jobs by queue and state (deployment-wide)");
     metrics::describe_gauge!(
         "keel_jobs_oldest_due_age_seconds",
