@@ -109,6 +109,10 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[audit]`: retention, the outbox relay and exports.
     pub audit: crate::audit::AuditConfig,
+    /// `[files]`: where uploaded files are stored, and their size limit.
+    pub files: crate::storage::FilesConfig,
+    /// `[extraction]`: document extraction engines, limits and the confidence threshold.
+    pub extraction: crate::extract::ExtractionConfig,
 }
 
 impl Default for Config {
@@ -132,6 +136,8 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             scheduler: SchedulerConfig::default(),
             audit: crate::audit::AuditConfig::default(),
+            files: crate::storage::FilesConfig::default(),
+            extraction: crate::extract::ExtractionConfig::default(),
         }
     }
 }
@@ -765,6 +771,11 @@ impl Config {
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
         problems.extend(self.audit.value_problems());
+        problems.extend(
+            self.files
+                .value_problems(self.http.body_limit_bytes, self.is_production()),
+        );
+        problems.extend(self.extraction.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

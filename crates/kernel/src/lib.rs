@@ -12,6 +12,8 @@
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
+//! - [`storage`] — uploaded files, content-addressed per organization (local or S3);
+//! - [`extract`] — document extraction (OCR) of invoices and trade documents;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
@@ -19,6 +21,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod extract;
 pub mod housekeeping;
 pub mod http;
 pub mod idempotency;
@@ -34,6 +37,7 @@ pub mod partners;
 pub mod redact;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod tenancy;
 

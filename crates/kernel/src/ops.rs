@@ -36,6 +36,7 @@ impl Module for KernelModule {
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
             crate::migration!(5, "0005_audit", "migrations"),
+            crate::migration!(8, "0008_extraction", "migrations"),
         ]
     }
 
@@ -49,10 +50,12 @@ impl Module for KernelModule {
             .merge(crate::partners::routes::router())
             .merge(crate::audit::routes::router())
             .merge(crate::jobs::routes::router())
+            .merge(crate::storage::routes::router())
+            .merge(crate::extract::routes::router())
     }
 
     fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {
-        vec![crate::housekeeping::job()]
+        vec![crate::housekeeping::job(), crate::extract::job()]
     }
 
     fn schedules(&self) -> Vec<crate::jobs::ScheduleDefinition> {

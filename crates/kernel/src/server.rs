@@ -137,6 +137,12 @@ async fn prepare(
         serde_json::to_vec(&openapi).context("cannot render the OpenAPI document")?,
     );
     let jobs = Jobs::new(&registry, &config.jobs);
+    let files = crate::storage::Files::from_config(&config)?;
+    let extractor = Arc::new(crate::extract::Extractor::new(
+        &config.extraction,
+        &registry,
+        Vec::new(),
+    )?);
 
     let state = AppState::new(AppInner {
         config: config.clone(),
@@ -148,6 +154,8 @@ async fn prepare(
         auth,
         audit: Arc::new(crate::audit::AuditRuntime::default()),
         jobs,
+        files,
+        extractor,
         openapi_json,
         installation_id,
         node_id: uuid::Uuid::now_v7(),

@@ -30,6 +30,10 @@ pub struct AppInner {
     pub jobs: Jobs,
     /// The audit trail's event bus (where the outbox relay delivers committed events).
     pub audit: Arc<crate::audit::AuditRuntime>,
+    /// Uploaded files (local directory or S3), addressed by organization and checksum.
+    pub files: crate::storage::Files,
+    /// Document extraction: the engines in order and the known document types.
+    pub extractor: Arc<crate::extract::Extractor>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

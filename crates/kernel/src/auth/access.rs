@@ -74,6 +74,9 @@ pub mod perms {
     crate::permission!(pub SecurityRead = "security.read");
     crate::permission!(pub JobsManage = "jobs.manage");
     crate::permission!(pub AuditRead = "audit.read");
+    crate::permission!(pub FilesRead = "files.read");
+    crate::permission!(pub FilesWrite = "files.write");
+    crate::permission!(pub ExtractionReview = "extraction.review");
 }
 
 pub fn kernel_permissions() -> Vec<Permission> {
@@ -112,6 +115,21 @@ pub fn kernel_permissions() -> Vec<Permission> {
             name: "api_keys.manage",
             description: "Create, list and revoke API keys",
             default_roles: &[ADMIN],
+        },
+        Permission {
+            name: "files.read",
+            description: "Read and download the organization's files and their extractions",
+            default_roles: &[ADMIN, MEMBER],
+        },
+        Permission {
+            name: "files.write",
+            description: "Upload and delete files, start extractions",
+            default_roles: &[ADMIN, MEMBER],
+        },
+        Permission {
+            name: "extraction.review",
+            description: "Correct extracted document fields",
+            default_roles: &[ADMIN, MEMBER],
         },
         Permission {
             name: "jobs.manage",
