@@ -313,7 +313,7 @@ async fn an_invoice_image_is_read_by_tesseract_with_its_number_and_total() {
     );
     for name in ["invoice_number", "total_minor"] {
         let c = field(&e, name)["confidence"].as_f64().expect("confidence");
-        assert!(c >= 0.85 && c <= 1.0, "{name} confidence {c}");
+        assert!((0.85..=1.0).contains(&c), "{name} confidence {c}");
         assert_eq!(field(&e, name)["method"], "label");
     }
     assert_eq!(e["status"], "completed", "{e}");
@@ -342,7 +342,7 @@ async fn a_rotated_noisy_scan_still_yields_the_number_and_total_with_confidence(
     assert_eq!(field(&e, "total_minor")["value"], 73500, "{e}");
     for name in ["invoice_number", "total_minor"] {
         let c = field(&e, name)["confidence"].as_f64().expect("confidence");
-        assert!(c > 0.5 && c <= 1.0, "{name} confidence {c}");
+        assert!(c > 0.5 && c <= 1.0, "{name} confidence {c}"); // a noisy scan scores lower
     }
     assert!(matches!(
         e["status"].as_str(),
