@@ -446,6 +446,46 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
             }),
         },
         Fixture {
+            resource: "file",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let (file, _) = state
+                        .files
+                        .put(
+                            &state.db,
+                            &scope,
+                            Some("fixture.png"),
+                            Some("image/png"),
+                            fixture_png(),
+                        )
+                        .await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/files/{}", file.sha256)],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "extraction",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let (file, _) = state
+                        .files
+                        .put(&state.db, &scope, None, None, fixture_png())
+                        .await?;
+                    // Recorded without its job: the probe must find it as it was.
+                    let id = Uuid::now_v7();
+                    let mut tx = state.db.begin().await?;
+                    crate::extract::store::insert(&mut tx, &scope, id, &file.sha256, "invoice")
+                        .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/extractions/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
             resource: "session",
             create: Arc::new(|state: AppState, scope| {
                 Box::pin(async move {
@@ -467,6 +507,14 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
             }),
         },
     ]
+}
+
+/// A one-pixel PNG, unique per call (a text chunk carries a fresh id) so each fixture is
+/// its own file.
+fn fixture_png() -> bytes::Bytes {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0".to_vec();
+    png.extend_from_slice(Uuid::now_v7().as_bytes());
+    bytes::Bytes::from(png)
 }
 
 async fn fixture_user_row(
