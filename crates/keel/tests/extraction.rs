@@ -318,6 +318,14 @@ async fn an_invoice_image_is_read_by_tesseract_with_its_number_and_total() {
     }
     assert_eq!(e["status"], "completed", "{e}");
     assert!(e["confidence"].as_f64().expect("overall") >= 0.85);
+
+    // Readiness shows the engines and that their tools are installed.
+    let ready: Value = app.get("/health/ready").await.json().await.expect("json");
+    assert_eq!(ready["checks"]["extraction"]["status"], "up", "{ready}");
+    assert_eq!(
+        ready["checks"]["extraction"]["detail"],
+        "engines: pdf_text, tesseract"
+    );
 }
 
 #[tokio::test]

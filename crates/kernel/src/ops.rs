@@ -174,7 +174,8 @@ pub struct Readiness {
     pub installation_id: Uuid,
     /// `sqlite` or `postgres`.
     pub database_engine: &'static str,
-    /// Each dependency: `database`, `migrations`, `redis`.
+    /// Each dependency: `database`, `migrations`, `redis`, `extraction` (the OCR engines'
+    /// tools; informational, never `down`).
     pub checks: BTreeMap<&'static str, Check>,
 }
 
@@ -204,6 +205,7 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
         },
     );
     checks.insert("redis", check_redis(&state).await);
+    checks.insert("extraction", check_extraction(&state));
     let ready = checks.values().all(|c| c.status != "down");
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
@@ -257,6 +259,30 @@ async fn check_migrations(state: &AppState) -> Check {
             Check::down("migration state unreadable")
         }
         Err(_) => Check::down("migration check timed out"),
+    }
+}
+
+/// The extraction engines' tools. Informational: a node without OCR still serves
+/// everything else, so a missing engine never makes it unready (`disabled` when none runs).
+fn check_extraction(state: &AppState) -> Check {
+    let engines = state.extractor.availability();
+    let missing: Vec<String> = engines
+        .iter()
+        .filter_map(|(name, a)| a.as_ref().err().map(|e| format!("{name}: {e}")))
+        .collect();
+    let names: Vec<&str> = engines.iter().map(|(n, _)| *n).collect();
+    Check {
+        status: if missing.len() == engines.len() {
+            "disabled"
+        } else {
+            "up"
+        },
+        latency_ms: None,
+        detail: Some(if missing.is_empty() {
+            format!("engines: {}", names.join(", "))
+        } else {
+            format!("engines: {}; {}", names.join(", "), missing.join("; "))
+        }),
     }
 }
 

@@ -146,6 +146,11 @@ pub enum EngineError {
 pub trait Engine: Send + Sync + 'static {
     /// The name configuration and results use, e.g. `tesseract`.
     fn name(&self) -> &'static str;
+    /// Whether the engine can run here (its tools are installed, its service configured);
+    /// `Err` says what is missing. Shown by `/health/ready`.
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
     async fn extract(&self, input: &EngineInput<'_>) -> Result<EngineOutput, EngineError>;
 }
 
@@ -161,6 +166,28 @@ pub struct Tools {
     pub dpi: u32,
     /// Longest one tool call may run.
     pub timeout: Duration,
+}
+
+/// Whether a program is an existing file, or found on `PATH`.
+pub fn installed(program: &Path) -> bool {
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn require(programs: &[&Path]) -> Result<(), String> {
+    let missing: Vec<String> = programs
+        .iter()
+        .filter(|p| !installed(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not installed: {}", missing.join(", ")))
+    }
 }
 
 /// Runs a tool with a time limit; the process is killed if the limit passes or the caller
@@ -236,6 +263,10 @@ pub struct PdfText {
 impl Engine for PdfText {
     fn name(&self) -> &'static str {
         "pdf_text"
+    }
+
+    fn available(&self) -> Result<(), String> {
+        require(&[&self.tools.pdftotext, &self.tools.pdfinfo])
     }
 
     async fn extract(&self, input: &EngineInput<'_>) -> Result<EngineOutput, EngineError> {
@@ -314,6 +345,14 @@ impl Tesseract {
 impl Engine for Tesseract {
     fn name(&self) -> &'static str {
         "tesseract"
+    }
+
+    fn available(&self) -> Result<(), String> {
+        require(&[
+            &self.tools.tesseract,
+            &self.tools.pdftoppm,
+            &self.tools.pdfinfo,
+        ])
     }
 
     async fn extract(&self, input: &EngineInput<'_>) -> Result<EngineOutput, EngineError> {

@@ -240,6 +240,14 @@ impl Extractor {
         })
     }
 
+    /// Each configured engine, in order, and whether it can run here.
+    pub fn availability(&self) -> Vec<(&'static str, Result<(), String>)> {
+        self.engines
+            .iter()
+            .map(|e| (e.name(), e.available()))
+            .collect()
+    }
+
     /// Whether a document type is known (`invoice`, or one an app registered).
     pub fn knows(&self, document_type: &str) -> bool {
         self.types.contains_key(document_type)

@@ -10,8 +10,10 @@
 //!
 //! Writes are durable before they are acknowledged: the local backend writes a temporary
 //! file, syncs it, renames it into place and syncs the directory; S3 acknowledges a PUT only
-//! once stored. The object is written before its row commits, so a crash in between leaves
-//! at most an unreferenced object, never a row without content.
+//! once stored. The object is written inside the transaction that inserts its row, before
+//! commit, so a crash in between leaves at most an unreferenced object, never a row without
+//! content; a delete removes the object inside the transaction that deletes the row, so an
+//! upload of the same content racing it waits on the row and writes the object again.
 
 pub mod kind;
 pub mod routes;
@@ -473,13 +475,19 @@ impl Files {
             org_id: scope.org_id(),
             sha256: sha256.clone(),
         };
-        self.blobs
-            .put(&key, bytes)
-            .await
-            .map_err(FileError::Backend)?;
         let name = file_name.map(clean_file_name);
+        // The row first, then the object, then commit: a concurrent delete of the same
+        // content holds the row until its object is gone, so this insert waits for it and
+        // the object written next cannot be removed by that delete. A crash before commit
+        // leaves at most an unreferenced object.
         let mut tx = db.begin().await?;
         let (row, created) = store::insert(&mut tx, scope, &sha256, size, kind, name).await?;
+        if created {
+            self.blobs
+                .put(&key, bytes)
+                .await
+                .map_err(FileError::Backend)?;
+        }
         tx.commit().await?;
         Ok((row, created))
     }
@@ -525,20 +533,18 @@ impl Files {
         scope: &TenantScope,
         sha256: &str,
     ) -> Result<bool, FileError> {
+        // The object goes while the row's deletion is uncommitted, so an upload of the same
+        // content waits and then writes its object afresh (see `put`).
         let mut tx = db.begin().await?;
         let deleted = store::delete(&mut tx, scope, sha256).await?;
-        tx.commit().await?;
         if deleted {
             let key = BlobKey {
                 org_id: scope.org_id(),
                 sha256: sha256.to_string(),
             };
-            // The row is gone, so the file is gone for every reader; an object left behind
-            // by a failure here is unreachable and only costs space.
-            if let Err(e) = self.blobs.delete(&key).await {
-                tracing::warn!(error = %e, "a deleted file's object could not be removed");
-            }
+            self.blobs.delete(&key).await.map_err(FileError::Backend)?;
         }
+        tx.commit().await?;
         Ok(deleted)
     }
 }
