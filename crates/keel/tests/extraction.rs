@@ -469,6 +469,101 @@ async fn a_pdf_text_layer_is_read_directly_and_a_sum_mismatch_needs_review_until
     );
 }
 
+/// An app with a document type of its own: a shipping bill with a required number and a port
+/// code.
+struct ShippingApp;
+
+impl keel_kernel::Module for ShippingApp {
+    fn name(&self) -> &'static str {
+        "shipping"
+    }
+
+    fn document_fields(&self) -> Vec<keel_kernel::extract::DocumentField> {
+        vec![
+            keel_kernel::extract::DocumentField {
+                document_type: "shipping_bill",
+                name: "shipping_bill_number",
+                pattern: r"shipping\s+bill\s+no\.?\s*[:#]?\s*([A-Z0-9/-]+)",
+                required: true,
+            },
+            keel_kernel::extract::DocumentField {
+                document_type: "shipping_bill",
+                name: "port_code",
+                pattern: r"port\s+code\s*:\s*([A-Z0-9]{5,6})",
+                required: false,
+            },
+        ]
+    }
+}
+
+#[tokio::test]
+async fn apps_register_document_types_with_fields_of_their_own() {
+    let app = TestApp::builder()
+        .module(std::sync::Arc::new(ShippingApp))
+        .spawn()
+        .await
+        .expect("server");
+    let admin = app.register_org("bills@acme.example", "Acme").await;
+    let mut lines = invoice_lines("INV-SB-1", ITEMS, ("700.00", "35.00", "735.00"));
+    lines.insert(1, "Shipping Bill No: SB/4471/2025".into());
+    lines.insert(2, "Port Code: INNSA1".into());
+    let sha = stored(
+        &app,
+        &admin,
+        "bill.pdf",
+        "application/pdf",
+        text_pdf(&[lines], 0.0, 0),
+    )
+    .await;
+
+    let unknown = app
+        .post_as(
+            "/api/v1/extractions",
+            &admin.access_token,
+            &json!({"file": sha, "document_type": "bill_of_lading"}),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p = keel_testkit::problem(unknown).await;
+    assert_eq!(p["errors"][0]["field"], "document_type");
+
+    let r = app
+        .post_as(
+            "/api/v1/extractions",
+            &admin.access_token,
+            &json!({"file": sha, "document_type": "shipping_bill"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.expect("json")["extraction_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let e = loop {
+        let e: Value = app
+            .get_as(&format!("/api/v1/extractions/{id}"), &admin.access_token)
+            .await
+            .json()
+            .await
+            .expect("json");
+        if !matches!(e["status"].as_str(), Some("queued" | "running")) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "extraction did not finish: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(e["document_type"], "shipping_bill");
+    assert_eq!(
+        field(&e, "shipping_bill_number")["value"],
+        "SB/4471/2025",
+        "{e}"
+    );
+    assert_eq!(field(&e, "port_code")["value"], "INNSA1");
+    assert_eq!(field(&e, "total_minor")["value"], 73500);
+    assert_eq!(e["status"], "completed", "{e}");
+}
+
 #[tokio::test]
 async fn a_document_over_the_page_limit_fails_with_the_reason() {
     let app = TestApp::builder()

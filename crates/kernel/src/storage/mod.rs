@@ -583,6 +583,37 @@ mod tests {
         assert_eq!(clean_file_name("C:\\scan\\a.png"), "a.png");
     }
 
+    #[test]
+    fn s3_settings_are_checked() {
+        let mut c = FilesConfig {
+            backend: Backend::S3,
+            ..FilesConfig::default()
+        };
+        c.s3.endpoint = Some("http://127.0.0.1:9000".into());
+        c.s3.access_key_id = Some(Secret::new("k"));
+        c.max_bytes = 4 * 1024 * 1024;
+        let problems = c.value_problems(2 * 1024 * 1024, true).join("\n");
+        for needle in [
+            "files.s3.bucket",
+            "access_key_id and files.s3.secret_access_key",
+            "allow_http = true",
+            "exceeds http.body_limit_bytes",
+        ] {
+            assert!(problems.contains(needle), "{needle} in {problems}");
+        }
+        c.s3.allow_http = true;
+        assert!(
+            c.value_problems(8 * 1024 * 1024, true)
+                .iter()
+                .any(|p| p.contains("refused in production"))
+        );
+        assert!(
+            FilesConfig::default()
+                .value_problems(2 * 1024 * 1024, true)
+                .is_empty()
+        );
+    }
+
     #[tokio::test]
     async fn the_local_store_round_trips_and_deletes() {
         let dir = tempfile::tempdir().expect("tempdir");
