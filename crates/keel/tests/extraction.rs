@@ -266,6 +266,8 @@ async fn extract(app: &TestApp, who: &Session, sha256: &str) -> Value {
         )
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // The route that starts OCR work is under the `ocr` rate-limit policy.
+    assert_eq!(r.headers()["ratelimit-limit"], "20");
     let started: Value = r.json().await.expect("json");
     assert_eq!(started["status"], "queued");
     assert!(started["job_id"].is_string());
@@ -787,7 +789,7 @@ async fn files_round_trip_through_an_s3_compatible_server() {
     let server = moto().await;
     let endpoint = format!("http://127.0.0.1:{}", server.port);
     // moto creates a bucket on an unsigned PUT.
-    let created = reqwest::Client::new()
+    let created = keel_testkit::client()
         .put(format!("{endpoint}/keel-files"))
         .send()
         .await
@@ -820,7 +822,7 @@ async fn files_round_trip_through_an_s3_compatible_server() {
         invoice_pdf("INV-S3"),
     )
     .await;
-    let listing = reqwest::Client::new()
+    let listing = keel_testkit::client()
         .get(format!(
             "http://127.0.0.1:{}/keel-files?list-type=2",
             server.port
@@ -837,4 +839,23 @@ async fn files_round_trip_through_an_s3_compatible_server() {
         &sha[..2]
     );
     assert!(listing.contains(&key), "{listing}");
+
+    // Storage down: uploads answer 503 and store nothing.
+    drop(server);
+    let down = upload(
+        &app,
+        &admin,
+        "b.pdf",
+        "application/pdf",
+        invoice_pdf("INV-S3-2"),
+    )
+    .await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let sha2 = keel_kernel::storage::sha256_hex(&invoice_pdf("INV-S3-2"));
+    assert_eq!(
+        app.get_as(&format!("/api/v1/files/{sha2}"), &admin.access_token)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 }

@@ -161,10 +161,23 @@ impl S3Store {
         // Credentials come from configuration or, when unset, from the environment the
         // builder reads (AWS_ACCESS_KEY_ID, instance metadata, …).
         let mut builder = AmazonS3Builder::from_env()
+            // First: the client options replace any set before (such as allow_http).
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_connect_timeout(std::time::Duration::from_secs(5))
+                    .with_timeout(std::time::Duration::from_secs(20)),
+            )
             .with_bucket_name(bucket)
             .with_region(&config.region)
             .with_allow_http(config.allow_http)
-            .with_virtual_hosted_style_request(config.virtual_hosted_style);
+            .with_virtual_hosted_style_request(config.virtual_hosted_style)
+            // object_store retries for up to three minutes by default; an upload request
+            // gives up well within Keel's request timeout instead (503 to the client).
+            .with_retry(object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            });
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
@@ -384,7 +397,12 @@ impl From<FileError> for crate::http::ApiError {
             FileError::Kind(k) => ApiError::invalid_field("file", k.to_string()),
             FileError::NotFound => ApiError::not_found(),
             FileError::Store(s) => s.into(),
-            FileError::Backend(b) => ApiError::internal(b),
+            FileError::Backend(b) => {
+                // An unreachable bucket or a full disk is an outage, not a bug: 503, with
+                // the cause in the log only.
+                tracing::error!(error = %format!("{b:#}"), "file storage failed");
+                ApiError::service_unavailable("file storage is unavailable; try again later")
+            }
         }
     }
 }
