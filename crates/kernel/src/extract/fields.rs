@@ -283,15 +283,13 @@ struct Found {
 
 fn find_labelled(lines: &[Line], pattern: &Regex, skip: Option<&Regex>) -> Option<Found> {
     lines.iter().enumerate().find_map(|(i, line)| {
-        if skip.is_some_and(|s| {
-            pattern
-                .find(&line.text)
-                .is_some_and(|m| s.is_match(&line.text[..m.start() + (m.len().min(12))]))
-        }) {
-            return None;
-        }
         let caps = pattern.captures(&line.text)?;
         let m = caps.get(1)?;
+        // `skip` vetoes a match whose label side says it is something else ("Due Date").
+        // Match boundaries are char boundaries, so the slice cannot split a character.
+        if skip.is_some_and(|s| s.is_match(&line.text[..m.start()])) {
+            return None;
+        }
         Some(Found {
             value: m.as_str().to_string(),
             confidence: line.confidence_of(m.start(), m.end()),
@@ -399,14 +397,13 @@ pub fn parse(text: &Text, extra: &[(String, Regex)]) -> ExtractedFields {
                 &lines[f.line],
             ),
         );
-    } else if let Some((i, line, code, conf)) = lines.iter().enumerate().find_map(|(i, l)| {
+    } else if let Some((line, code, conf)) = lines.iter().find_map(|l| {
         CODE.captures_iter(&l.text).find_map(|c| {
             let m = c.get(1)?;
             let code = crate::money::parse_currency(m.as_str())?;
-            Some((i, l, code, l.confidence_of(m.start(), m.end())))
+            Some((l, code, l.confidence_of(m.start(), m.end())))
         })
     }) {
-        let _ = i;
         put(
             &mut out,
             "currency",
@@ -578,6 +575,17 @@ mod tests {
         assert_eq!(f.line_items[0].unit_price_minor, 250);
         assert_eq!(f.line_items[1].amount_minor, 30000);
         assert!(f.fields.values().all(|f| f.method == METHOD_LABEL));
+    }
+
+    #[test]
+    fn multibyte_text_never_splits_a_character() {
+        let t =
+            text("Fälligkeitsdatum Due: 2025-04-13 €\nتاريخ Date: 2025-03-14\nTotal: € 1.234,50");
+        let f = parse(&t, &[]);
+        assert_eq!(f.str("due_date"), Some("2025-04-13"));
+        assert_eq!(f.str("invoice_date"), Some("2025-03-14"));
+        assert_eq!(f.int("total_minor"), Some(123450));
+        assert_eq!(f.str("currency"), Some("EUR"));
     }
 
     #[test]
