@@ -115,6 +115,10 @@ pub struct Config {
     pub llm: crate::integrations::config::LlmConfig,
     /// `[webhooks]`: incoming verification and outgoing deliveries.
     pub webhooks: crate::integrations::config::WebhooksConfig,
+    /// `[files]`: where uploaded files are stored, and their size limit.
+    pub files: crate::storage::FilesConfig,
+    /// `[extraction]`: document extraction engines, limits and the confidence threshold.
+    pub extraction: crate::extract::ExtractionConfig,
 }
 
 impl Default for Config {
@@ -141,6 +145,8 @@ impl Default for Config {
             outbound: Default::default(),
             llm: Default::default(),
             webhooks: Default::default(),
+            files: crate::storage::FilesConfig::default(),
+            extraction: crate::extract::ExtractionConfig::default(),
         }
     }
 }
@@ -808,6 +814,11 @@ impl Config {
         problems.extend(self.outbound.value_problems());
         problems.extend(self.llm.value_problems());
         problems.extend(self.webhooks.value_problems());
+        problems.extend(
+            self.files
+                .value_problems(self.http.body_limit_bytes, self.is_production()),
+        );
+        problems.extend(self.extraction.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

@@ -13,6 +13,8 @@
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
 //! - [`integrations`] — the resilient outbound client, the LLM client, webhooks;
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
+//! - [`storage`] — uploaded files, content-addressed per organization (local or S3);
+//! - [`extract`] — document extraction (OCR) of invoices and trade documents;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
@@ -20,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod extract;
 pub mod housekeeping;
 pub mod http;
 pub mod idempotency;
@@ -36,6 +39,7 @@ pub mod partners;
 pub mod redact;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod tenancy;
 

@@ -188,6 +188,12 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Fields this module's document types carry beyond an invoice's (e.g. a shipping bill
+    /// number); a document type is known once a module registers a field for it.
+    fn document_fields(&self) -> Vec<crate::extract::DocumentField> {
+        Vec::new()
+    }
+
     /// Creates sample resources for the isolation probe.
     fn fixtures(&self) -> Vec<Fixture> {
         Vec::new()
@@ -356,6 +362,14 @@ impl Registry {
     /// Every schedule of the enabled modules.
     pub fn schedules(&self) -> Vec<ScheduleDefinition> {
         self.modules.iter().flat_map(|m| m.schedules()).collect()
+    }
+
+    /// Every document field of the enabled modules.
+    pub fn document_fields(&self) -> Vec<crate::extract::DocumentField> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.document_fields())
+            .collect()
     }
 
     pub fn fixtures(&self) -> Vec<Fixture> {

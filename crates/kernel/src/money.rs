@@ -22,6 +22,17 @@ pub fn parse_currency(raw: &str) -> Option<&'static str> {
     ISO_4217.iter().copied().find(|c| *c == code)
 }
 
+/// Digits after the decimal point in a currency's minor unit (ISO 4217): 0 for JPY, 3 for
+/// KWD, 2 for most.
+pub fn minor_digits(code: &str) -> u32 {
+    match code {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,7 @@ impl Module for KernelModule {
             crate::migration!(5, "0005_audit", "migrations"),
             crate::migration!(7, "0007_integrations", "migrations"),
             crate::migration!(10, "0010_job_stats", "migrations"),
+            crate::migration!(8, "0008_extraction", "migrations"),
         ]
     }
 
@@ -53,10 +54,12 @@ impl Module for KernelModule {
             .merge(crate::jobs::routes::router())
             .merge(crate::metrics::routes::router())
             .merge(crate::integrations::router())
+            .merge(crate::storage::routes::router())
+            .merge(crate::extract::routes::router())
     }
 
     fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {
-        let mut jobs = vec![crate::housekeeping::job()];
+        let mut jobs = vec![crate::housekeeping::job(), crate::extract::job()];
         jobs.extend(crate::integrations::jobs());
         jobs
     }
@@ -180,7 +183,8 @@ pub struct Readiness {
     pub installation_id: Uuid,
     /// `sqlite` or `postgres`.
     pub database_engine: &'static str,
-    /// Each dependency: `database`, `migrations`, `redis`, `llm` (`disabled` without a key).
+    /// Each dependency: `database`, `migrations`, `redis`, `llm` (`disabled` without a key),
+    /// `extraction` (the OCR engines' tools; informational, never `down`).
     pub checks: BTreeMap<&'static str, Check>,
 }
 
@@ -211,6 +215,7 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
     );
     checks.insert("redis", check_redis(&state).await);
     checks.insert("llm", check_llm(&state));
+    checks.insert("extraction", check_extraction(&state));
     let ready = checks.values().all(|c| c.status != "down");
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
@@ -292,6 +297,30 @@ fn check_llm(state: &AppState) -> Check {
         detail: Some(match open {
             Some(b) => format!("{which}; circuit breaker {:?}", b.state),
             None => which,
+        }),
+    }
+}
+
+/// The extraction engines' tools. Informational: a node without OCR still serves
+/// everything else, so a missing engine never makes it unready (`disabled` when none runs).
+fn check_extraction(state: &AppState) -> Check {
+    let engines = state.extractor.availability();
+    let missing: Vec<String> = engines
+        .iter()
+        .filter_map(|(name, a)| a.as_ref().err().map(|e| format!("{name}: {e}")))
+        .collect();
+    let names: Vec<&str> = engines.iter().map(|(n, _)| *n).collect();
+    Check {
+        status: if missing.len() == engines.len() {
+            "disabled"
+        } else {
+            "up"
+        },
+        latency_ms: None,
+        detail: Some(if missing.is_empty() {
+            format!("engines: {}", names.join(", "))
+        } else {
+            format!("engines: {}; {}", names.join(", "), missing.join("; "))
         }),
     }
 }
@@ -490,6 +519,46 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
             }),
         },
         Fixture {
+            resource: "file",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let (file, _) = state
+                        .files
+                        .put(
+                            &state.db,
+                            &scope,
+                            Some("fixture.png"),
+                            Some("image/png"),
+                            fixture_png(),
+                        )
+                        .await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/files/{}", file.sha256)],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "extraction",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let (file, _) = state
+                        .files
+                        .put(&state.db, &scope, None, None, fixture_png())
+                        .await?;
+                    // Recorded without its job: the probe must find it as it was.
+                    let id = Uuid::now_v7();
+                    let mut tx = state.db.begin().await?;
+                    crate::extract::store::insert(&mut tx, &scope, id, &file.sha256, "invoice")
+                        .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/extractions/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
             resource: "session",
             create: Arc::new(|state: AppState, scope| {
                 Box::pin(async move {
@@ -511,6 +580,14 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
             }),
         },
     ]
+}
+
+/// A one-pixel PNG, unique per call (a text chunk carries a fresh id) so each fixture is
+/// its own file.
+fn fixture_png() -> bytes::Bytes {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0".to_vec();
+    png.extend_from_slice(Uuid::now_v7().as_bytes());
+    bytes::Bytes::from(png)
 }
 
 async fn fixture_user_row(

@@ -142,6 +142,19 @@ async fn prepare(
         serde_json::to_vec(&openapi).context("cannot render the OpenAPI document")?,
     );
     let jobs = Jobs::new(&registry, &config.jobs);
+    let files = crate::storage::Files::from_config(&config)?;
+    let integrations = Arc::new(crate::integrations::Integrations::new(&config)?);
+    let vision: Arc<dyn crate::extract::engine::Engine> =
+        Arc::new(crate::extract::vision::VisionLlm {
+            db: db.clone(),
+            integrations: integrations.clone(),
+            tools: config.extraction.tools(),
+        });
+    let extractor = Arc::new(crate::extract::Extractor::new(
+        &config.extraction,
+        &registry,
+        vec![vision],
+    )?);
 
     let state = AppState::new(AppInner {
         config: config.clone(),
@@ -152,8 +165,10 @@ async fn prepare(
         route_policies,
         auth,
         audit: Arc::new(crate::audit::AuditRuntime::default()),
-        integrations: Arc::new(crate::integrations::Integrations::new(&config)?),
+        integrations,
         jobs,
+        files,
+        extractor,
         openapi_json,
         installation_id,
         node_id: uuid::Uuid::now_v7(),

@@ -32,6 +32,10 @@ pub struct AppInner {
     pub audit: Arc<crate::audit::AuditRuntime>,
     /// The outbound client, the LLM client and the webhook sender.
     pub integrations: Arc<crate::integrations::Integrations>,
+    /// Uploaded files (local directory or S3), addressed by organization and checksum.
+    pub files: crate::storage::Files,
+    /// Document extraction: the engines in order and the known document types.
+    pub extractor: Arc<crate::extract::Extractor>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

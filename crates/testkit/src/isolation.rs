@@ -65,7 +65,10 @@ fn with_missing_ids(path: &str, ids: &BTreeSet<String>) -> String {
     segments(path)
         .into_iter()
         .map(|s| {
-            if ids.contains(s) {
+            if ids.contains(s) && keel_kernel::storage::is_sha256(s) {
+                // Content-addressed resources (files): a checksum nothing has.
+                keel_kernel::storage::sha256_hex(Uuid::now_v7().as_bytes())
+            } else if ids.contains(s) {
                 Uuid::now_v7().to_string()
             } else {
                 s.to_string()
@@ -105,7 +108,7 @@ pub async fn probe(app: &TestApp, a: &Session, b: &Session, partner_user: &Sessi
         for p in &created.paths {
             fixture_paths.push((resource.to_string(), p.clone()));
             for s in segments(p) {
-                if Uuid::parse_str(s).is_ok() {
+                if Uuid::parse_str(s).is_ok() || keel_kernel::storage::is_sha256(s) {
                     a_ids.insert(s.to_string());
                 }
             }

@@ -76,6 +76,9 @@ pub mod perms {
     crate::permission!(pub AuditRead = "audit.read");
     crate::permission!(pub WebhooksManage = "webhooks.manage");
     crate::permission!(pub LlmRead = "llm.read");
+    crate::permission!(pub FilesRead = "files.read");
+    crate::permission!(pub FilesWrite = "files.write");
+    crate::permission!(pub ExtractionReview = "extraction.review");
 }
 
 pub fn kernel_permissions() -> Vec<Permission> {
@@ -114,6 +117,21 @@ pub fn kernel_permissions() -> Vec<Permission> {
             name: "api_keys.manage",
             description: "Create, list and revoke API keys",
             default_roles: &[ADMIN],
+        },
+        Permission {
+            name: "files.read",
+            description: "Read and download the organization's files and their extractions",
+            default_roles: &[ADMIN, MEMBER],
+        },
+        Permission {
+            name: "files.write",
+            description: "Upload and delete files, start extractions",
+            default_roles: &[ADMIN, MEMBER],
+        },
+        Permission {
+            name: "extraction.review",
+            description: "Correct extracted document fields",
+            default_roles: &[ADMIN, MEMBER],
         },
         Permission {
             name: "jobs.manage",
