@@ -109,6 +109,12 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[audit]`: retention, the outbox relay and exports.
     pub audit: crate::audit::AuditConfig,
+    /// `[realtime]`: connections, buffers, heartbeats and the resume window.
+    pub realtime: crate::realtime::RealtimeConfig,
+    /// `[smtp]`: the email transport for notifications (unset host = email disabled).
+    pub smtp: crate::notify::SmtpConfig,
+    /// `[sms]`: a Twilio-compatible SMS API (unset base_url = SMS disabled).
+    pub sms: crate::notify::SmsConfig,
 }
 
 impl Default for Config {
@@ -132,6 +138,9 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             scheduler: SchedulerConfig::default(),
             audit: crate::audit::AuditConfig::default(),
+            realtime: crate::realtime::RealtimeConfig::default(),
+            smtp: crate::notify::SmtpConfig::default(),
+            sms: crate::notify::SmsConfig::default(),
         }
     }
 }
@@ -765,6 +774,9 @@ impl Config {
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
         problems.extend(self.audit.value_problems());
+        problems.extend(self.realtime.value_problems());
+        problems.extend(self.smtp.value_problems(self.is_production()));
+        problems.extend(self.sms.value_problems(self.is_production()));
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

@@ -12,6 +12,8 @@
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
 //! - [`crypto`] — field encryption; [`mail`] — the mail seam;
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
+//! - [`realtime`] — live messages over WebSocket, SSE and long-poll, fanned out across nodes;
+//! - [`notify`] — notifications: in-app, email and SMS, per-user preferences;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
@@ -25,12 +27,14 @@ pub mod idempotency;
 pub mod jobs;
 pub mod limits;
 pub mod mail;
+pub mod notify;
 pub mod metrics;
 pub mod module;
 pub mod money;
 pub mod observe;
 pub mod ops;
 pub mod partners;
+pub mod realtime;
 pub mod redact;
 pub mod server;
 pub mod state;

@@ -36,6 +36,7 @@ impl Module for KernelModule {
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
             crate::migration!(5, "0005_audit", "migrations"),
+            crate::migration!(6, "0006_realtime", "migrations"),
         ]
     }
 
@@ -49,10 +50,46 @@ impl Module for KernelModule {
             .merge(crate::partners::routes::router())
             .merge(crate::audit::routes::router())
             .merge(crate::jobs::routes::router())
+            .merge(crate::realtime::routes::router())
+            .merge(crate::notify::routes::router())
     }
 
     fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {
-        vec![crate::housekeeping::job()]
+        let mut jobs = vec![crate::housekeeping::job()];
+        jobs.extend(crate::notify::delivery::jobs());
+        jobs
+    }
+
+    fn realtime_channels(&self) -> Vec<crate::realtime::ChannelDefinition> {
+        // `partners:<id>`: a business partner's changes, for whoever may read it.
+        vec![
+            crate::realtime::ChannelDefinition::new(
+                "partners",
+                |state: AppState, scope, id: String| async move {
+                    let Ok(id) = Uuid::try_parse(&id) else {
+                        return Ok(false);
+                    };
+                    match crate::partners::store::get_db(&state.db, &scope, id).await {
+                        Ok(_) => Ok(true),
+                        Err(StoreError::NotFound) => Ok(false),
+                        Err(e) => Err(e.into()),
+                    }
+                },
+            )
+            .permission("partners.read"),
+        ]
+    }
+
+    fn realtime_channels_for(
+        &self,
+        event: &crate::audit::AuditEvent,
+    ) -> Vec<crate::realtime::Channel> {
+        match (event.resource_type.as_str(), &event.resource_id) {
+            ("partner", Some(id)) => crate::realtime::Channel::resource("partners", id)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn schedules(&self) -> Vec<crate::jobs::ScheduleDefinition> {
@@ -201,6 +238,21 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
         },
     );
     checks.insert("redis", check_redis(&state).await);
+    checks.insert("email", channel_check(state.notify.email.as_ref().map(|_| {
+        let s = &state.config.smtp;
+        format!("smtp {}:{} (not probed)", s.host.as_deref().unwrap_or(""), s.port)
+    }), "no SMTP host configured (KEEL_SMTP__HOST); email notifications are skipped"));
+    checks.insert("sms", channel_check(state.notify.sms.as_ref().map(|_| "provider configured (not probed)".to_string()),
+        "no SMS provider configured (KEEL_SMS__BASE_URL); SMS notifications are skipped"));
+    checks.insert("realtime", Check {
+        status: "up",
+        latency_ms: None,
+        detail: Some(format!(
+            "fan-out {}, {} connection(s)",
+            state.realtime.fanout_name(),
+            state.realtime.connection_count()
+        )),
+    });
     let ready = checks.values().all(|c| c.status != "down");
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
@@ -223,6 +275,23 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
         .extensions_mut()
         .insert(crate::http::error::DeliberateBody);
     response
+}
+
+/// A notification channel: `up` when a provider is configured, else `disabled` (which does
+/// not make the node unready: those deliveries are recorded as skipped).
+fn channel_check(configured: Option<String>, disabled: &str) -> Check {
+    match configured {
+        Some(detail) => Check {
+            status: "up",
+            latency_ms: None,
+            detail: Some(detail),
+        },
+        None => Check {
+            status: "disabled",
+            latency_ms: None,
+            detail: Some(disabled.to_string()),
+        },
+    }
 }
 
 async fn check_database(state: &AppState) -> Check {

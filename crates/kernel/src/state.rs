@@ -30,6 +30,10 @@ pub struct AppInner {
     pub jobs: Jobs,
     /// The audit trail's event bus (where the outbox relay delivers committed events).
     pub audit: Arc<crate::audit::AuditRuntime>,
+    /// The realtime hub: publish live messages (`state.realtime.publish(&mut tx, …)`).
+    pub realtime: Arc<crate::realtime::Realtime>,
+    /// Notification types, templates and the email/SMS transports.
+    pub notify: Arc<crate::notify::Notifier>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.
