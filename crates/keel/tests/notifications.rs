@@ -39,7 +39,11 @@ impl Module for Notices {
             )
             .description("A shipment was booked")
             .html("<p>Your shipment <b>{{ reference }}</b> is booked.</p>")
-            .channels(&[DeliveryChannel::InApp, DeliveryChannel::Email, DeliveryChannel::Sms]),
+            .channels(&[
+                DeliveryChannel::InApp,
+                DeliveryChannel::Email,
+                DeliveryChannel::Sms,
+            ]),
             NotificationType::new("notices.digest", "Digest", "{{ count }} updates")
                 .channels(&[DeliveryChannel::InApp]),
         ]
@@ -67,10 +71,20 @@ async fn send(app: &TestApp, to: &Session, kind: &str, data: Value) -> Value {
 }
 
 /// Polls the notification until `channel`'s delivery reaches one of `statuses`.
-async fn delivery_until(app: &TestApp, who: &Session, id: &str, channel: &str, statuses: &[&str]) -> Value {
+async fn delivery_until(
+    app: &TestApp,
+    who: &Session,
+    id: &str,
+    channel: &str,
+    statuses: &[&str],
+) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let page = json_of(app.get_as("/api/v1/notifications?page_size=100", &who.access_token).await).await;
+        let page = json_of(
+            app.get_as("/api/v1/notifications?page_size=100", &who.access_token)
+                .await,
+        )
+        .await;
         let d = page["data"]
             .as_array()
             .and_then(|a| a.iter().find(|n| n["id"] == id))
@@ -82,7 +96,10 @@ async fn delivery_until(app: &TestApp, who: &Session, id: &str, channel: &str, s
         {
             return d.clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "{channel} delivery stuck at {d:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel} delivery stuck at {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -110,31 +127,57 @@ async fn the_notification_center_lists_counts_and_marks_read_for_its_owner_only(
     assert_eq!(count["unread"], 3);
 
     let first = mine[0]["id"].as_str().expect("id");
-    let r = app.post_as(&format!("/api/v1/notifications/{first}/read"), t, &json!({})).await;
+    let r = app
+        .post_as(
+            &format!("/api/v1/notifications/{first}/read"),
+            t,
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let read = json_of(r).await;
-    assert_eq!((read["read"].clone(), read["version"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (read["read"].clone(), read["version"].clone()),
+        (json!(true), json!(2))
+    );
     let unread = json_of(app.get_as("/api/v1/notifications?unread=true", t).await).await;
     assert_eq!(unread["pagination"]["total"], 2);
-    assert!(unread["data"].as_array().expect("data").iter().all(|n| n["id"] != first));
+    assert!(
+        unread["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .all(|n| n["id"] != first)
+    );
     let done = json_of(app.get_as("/api/v1/notifications?unread=false", t).await).await;
     assert_eq!(done["data"][0]["id"], first);
 
     // Someone else's notification, and one that does not exist, answer alike.
     let theirs_id = theirs["id"].as_str().expect("id");
     for id in [theirs_id.to_string(), Uuid::now_v7().to_string()] {
-        let r = app.post_as(&format!("/api/v1/notifications/{id}/read"), t, &json!({})).await;
+        let r = app
+            .post_as(&format!("/api/v1/notifications/{id}/read"), t, &json!({}))
+            .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
-    let r = app.post_as("/api/v1/notifications/read-all", t, &json!({})).await;
+    let r = app
+        .post_as("/api/v1/notifications/read-all", t, &json!({}))
+        .await;
     assert_eq!(json_of(r).await["updated"], 2);
     let count = json_of(app.get_as("/api/v1/notifications/unread-count", t).await).await;
     assert_eq!(count["unread"], 0);
     // Theirs is untouched.
-    let count = json_of(app.get_as("/api/v1/notifications/unread-count", &them.access_token).await).await;
+    let count = json_of(
+        app.get_as("/api/v1/notifications/unread-count", &them.access_token)
+            .await,
+    )
+    .await;
     assert_eq!(count["unread"], 1);
     let r = app.get_as("/api/v1/notifications?page_size=0", t).await;
-    assert_eq!(keel_testkit::problem(r).await["errors"][0]["field"], "page_size");
+    assert_eq!(
+        keel_testkit::problem(r).await["errors"][0]["field"],
+        "page_size"
+    );
     let r = app.get("/api/v1/notifications").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
@@ -143,18 +186,34 @@ async fn the_notification_center_lists_counts_and_marks_read_for_its_owner_only(
 async fn without_providers_email_and_sms_are_recorded_as_skipped_and_readiness_says_so() {
     let app = builder().spawn().await.expect("app");
     let me = app.register_org("nc-skip@example.com", "Skip Org").await;
-    let n = send(&app, &me, "notices.shipment_booked", json!({ "reference": "SH-1" })).await;
+    let n = send(
+        &app,
+        &me,
+        "notices.shipment_booked",
+        json!({ "reference": "SH-1" }),
+    )
+    .await;
     let deliveries = n["deliveries"].as_array().expect("deliveries");
     assert_eq!(deliveries.len(), 2);
     for d in deliveries {
         assert_eq!(d["status"], "skipped", "{d}");
-        assert!(d["detail"].as_str().unwrap_or("").contains("channel disabled"), "{d}");
+        assert!(
+            d["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("channel disabled"),
+            "{d}"
+        );
     }
     let ready = json_of(app.get("/health/ready").await).await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["checks"]["email"]["status"], "disabled");
     assert_eq!(ready["checks"]["sms"]["status"], "disabled");
-    let prefs = json_of(app.get_as("/api/v1/notifications/preferences", &me.access_token).await).await;
+    let prefs = json_of(
+        app.get_as("/api/v1/notifications/preferences", &me.access_token)
+            .await,
+    )
+    .await;
     assert_eq!(prefs["disabled_channels"], json!(["email", "sms"]));
 }
 
@@ -169,14 +228,22 @@ async fn preferences_choose_the_channels_and_bad_input_names_the_field() {
         .and_then(|a| a.iter().find(|p| p["type"] == "notices.shipment_booked"))
         .cloned()
         .expect("type listed");
-    assert_eq!(booked["channels"], json!({ "in_app": true, "email": true, "sms": true }));
+    assert_eq!(
+        booked["channels"],
+        json!({ "in_app": true, "email": true, "sms": true })
+    );
     assert_eq!(prefs["sms_number"], Value::Null);
 
     let put = |body: Value| {
         let app = &app;
         async move {
-            app.call(reqwest::Method::PUT, "/api/v1/notifications/preferences", Some(t), Some(&body))
-                .await
+            app.call(
+                reqwest::Method::PUT,
+                "/api/v1/notifications/preferences",
+                Some(t),
+                Some(&body),
+            )
+            .await
         }
     };
     let r = put(json!({ "sms_number": "+15551234567", "types": [{ "type": "notices.shipment_booked", "channels": { "email": false, "in_app": false } }] })).await;
@@ -188,10 +255,19 @@ async fn preferences_choose_the_channels_and_bad_input_names_the_field() {
         .and_then(|a| a.iter().find(|p| p["type"] == "notices.shipment_booked"))
         .cloned()
         .expect("type listed");
-    assert_eq!(booked["channels"], json!({ "in_app": false, "email": false, "sms": true }));
+    assert_eq!(
+        booked["channels"],
+        json!({ "in_app": false, "email": false, "sms": true })
+    );
 
     // Off in-app: not in the center; off by email: no email delivery at all.
-    let n = send(&app, &me, "notices.shipment_booked", json!({ "reference": "SH-2" })).await;
+    let n = send(
+        &app,
+        &me,
+        "notices.shipment_booked",
+        json!({ "reference": "SH-2" }),
+    )
+    .await;
     let channels: Vec<&str> = n["deliveries"]
         .as_array()
         .expect("deliveries")
@@ -203,8 +279,14 @@ async fn preferences_choose_the_channels_and_bad_input_names_the_field() {
     assert_eq!(page["pagination"]["total"], 0);
 
     for (body, field) in [
-        (json!({ "types": [{ "type": "nope", "channels": { "email": true } }] }), "types[0].type"),
-        (json!({ "types": [{ "type": "notices.digest", "channels": { "fax": true } }] }), "types[0].channels.fax"),
+        (
+            json!({ "types": [{ "type": "nope", "channels": { "email": true } }] }),
+            "types[0].type",
+        ),
+        (
+            json!({ "types": [{ "type": "notices.digest", "channels": { "fax": true } }] }),
+            "types[0].channels.fax",
+        ),
         (json!({ "sms_number": "555-1234" }), "sms_number"),
     ] {
         let r = put(body).await;
@@ -226,7 +308,9 @@ struct Smtp {
 
 impl Smtp {
     async fn start(refuse: usize) -> Smtp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let refuse = Arc::new(AtomicUsize::new(refuse));
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -257,7 +341,9 @@ async fn smtp_session(
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     if refuse {
-        write.write_all(b"421 4.3.2 Service not available, try later\r\n").await?;
+        write
+            .write_all(b"421 4.3.2 Service not available, try later\r\n")
+            .await?;
         return write.shutdown().await;
     }
     write.write_all(b"220 test.local ESMTP\r\n").await?;
@@ -266,7 +352,9 @@ async fn smtp_session(
     while let Some(line) = lines.next_line().await? {
         let upper = line.to_ascii_uppercase();
         if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            write.write_all(b"250-test.local\r\n250 8BITMIME\r\n").await?;
+            write
+                .write_all(b"250-test.local\r\n250 8BITMIME\r\n")
+                .await?;
         } else if upper.starts_with("MAIL FROM") {
             write.write_all(b"250 OK\r\n").await?;
         } else if upper.starts_with("RCPT TO") {
@@ -311,13 +399,25 @@ async fn email_goes_through_smtp_and_an_outage_is_retried_until_it_is_delivered(
     let me = app.register_org("nc-mail@example.com", "Mail Org").await;
     // The sign-up mail went over SMTP too.
     let signup = smtp.messages.lock().await.clone();
-    assert!(signup.iter().any(|(to, _)| to == "nc-mail@example.com"), "account mail over SMTP");
+    assert!(
+        signup.iter().any(|(to, _)| to == "nc-mail@example.com"),
+        "account mail over SMTP"
+    );
     // The outage: the next two sessions are refused.
     smtp.refuse.store(2, Ordering::SeqCst);
-    let n = send(&app, &me, "notices.shipment_booked", json!({ "reference": "SH-<42>" })).await;
+    let n = send(
+        &app,
+        &me,
+        "notices.shipment_booked",
+        json!({ "reference": "SH-<42>" }),
+    )
+    .await;
     let id = n["id"].as_str().expect("id").to_string();
     let d = delivery_until(&app, &me, &id, "email", &["sent"]).await;
-    assert_eq!(d["attempts"], 3, "two refused attempts, then delivered: {d}");
+    assert_eq!(
+        d["attempts"], 3,
+        "two refused attempts, then delivered: {d}"
+    );
     assert_eq!(smtp.refuse.load(Ordering::SeqCst), 0);
     let messages = smtp.messages.lock().await.clone();
     let (to, data) = messages
@@ -330,7 +430,10 @@ async fn email_goes_through_smtp_and_an_outage_is_retried_until_it_is_delivered(
     assert!(data.contains("Subject: Shipment SH-<42> booked"), "{data}");
     assert!(data.contains("multipart/alternative"), "{data}");
     assert!(data.contains("Your shipment SH-<42> is booked."), "{data}");
-    assert!(data.contains("<b>SH-&lt;42&gt;</b>"), "HTML is escaped: {data}");
+    assert!(
+        data.contains("<b>SH-&lt;42&gt;</b>"),
+        "HTML is escaped: {data}"
+    );
     assert!(data.contains(&format!("Message-ID: <{id}@keel>")), "{data}");
     // SMS is not configured: recorded, not dropped.
     let sms = delivery_until(&app, &me, &id, "sms", &["skipped"]).await;
@@ -352,20 +455,31 @@ async fn an_smtp_outage_longer_than_the_attempts_ends_dead_and_says_why() {
         .await
         .expect("app");
     let me = app.register_org("nc-dead@example.com", "Dead Org").await;
-    let n = send(&app, &me, "notices.shipment_booked", json!({ "reference": "SH-9" })).await;
+    let n = send(
+        &app,
+        &me,
+        "notices.shipment_booked",
+        json!({ "reference": "SH-9" }),
+    )
+    .await;
     let id = n["id"].as_str().expect("id").to_string();
     let d = delivery_until(&app, &me, &id, "email", &["dead"]).await;
     assert_eq!(d["attempts"], 3);
     assert!(d["detail"].as_str().unwrap_or("").contains("421"), "{d}");
     let job = d["job_id"].as_str().expect("job id");
-    let r = app.get_as(&format!("/api/v1/jobs/{job}"), &me.access_token).await;
+    let r = app
+        .get_as(&format!("/api/v1/jobs/{job}"), &me.access_token)
+        .await;
     assert_eq!(json_of(r).await["status"], "dead");
 }
+
+/// What the fake provider received: the Authorization header and the form fields.
+type SmsRequest = (Option<String>, Vec<(String, String)>);
 
 #[derive(Clone, Default)]
 struct FakeSms {
     calls: Arc<AtomicUsize>,
-    received: Arc<Mutex<Vec<(Option<String>, Vec<(String, String)>)>>>,
+    received: Arc<Mutex<Vec<SmsRequest>>>,
 }
 
 async fn fake_sms(
@@ -382,9 +496,15 @@ async fn fake_sms(
     fake.received.lock().await.push((auth, form));
     if call == 0 {
         // The provider has a bad moment.
-        return (AxumStatus::SERVICE_UNAVAILABLE, axum::Json(json!({ "message": "busy" })));
+        return (
+            AxumStatus::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "message": "busy" })),
+        );
     }
-    (AxumStatus::CREATED, axum::Json(json!({ "sid": "SM123", "status": "queued" })))
+    (
+        AxumStatus::CREATED,
+        axum::Json(json!({ "sid": "SM123", "status": "queued" })),
+    )
 }
 
 fn url_pairs(body: &str) -> Vec<(String, String)> {
@@ -397,9 +517,14 @@ fn url_pairs(body: &str) -> Vec<(String, String)> {
 async fn sms_goes_to_a_twilio_compatible_provider_and_a_bad_moment_is_retried() {
     let fake = FakeSms::default();
     let router = axum::Router::new()
-        .route("/2010-04-01/Accounts/AC123/Messages.json", axum::routing::post(fake_sms))
+        .route(
+            "/2010-04-01/Accounts/AC123/Messages.json",
+            axum::routing::post(fake_sms),
+        )
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -427,7 +552,13 @@ async fn sms_goes_to_a_twilio_compatible_provider_and_a_bad_moment_is_retried() 
     let ready = json_of(app.get("/health/ready").await).await;
     assert_eq!(ready["checks"]["sms"]["status"], "up");
 
-    let n = send(&app, &me, "notices.shipment_booked", json!({ "reference": "SH-7" })).await;
+    let n = send(
+        &app,
+        &me,
+        "notices.shipment_booked",
+        json!({ "reference": "SH-7" }),
+    )
+    .await;
     let id = n["id"].as_str().expect("id").to_string();
     let d = delivery_until(&app, &me, &id, "sms", &["sent"]).await;
     assert_eq!(d["attempts"], 2, "one failure, then delivered: {d}");
@@ -442,19 +573,26 @@ async fn sms_goes_to_a_twilio_compatible_provider_and_a_bad_moment_is_retried() 
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     assert_eq!(get("To").as_deref(), Some("+15557654321"));
     assert_eq!(get("From").as_deref(), Some("+15550000000"));
-    assert_eq!(get("Body").as_deref(), Some("Your shipment SH-7 is booked."));
+    assert_eq!(
+        get("Body").as_deref(),
+        Some("Your shipment SH-7 is booked.")
+    );
     // The stored number is encrypted at rest.
     let raw: Vec<u8> = match &app.state.db {
-        keel_kernel::store::Db::Sqlite(p) => sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
-            .fetch_one(p)
-            .await
-            .expect("row")
-            .into_bytes(),
-        keel_kernel::store::Db::Postgres(p) => sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
-            .fetch_one(p)
-            .await
-            .expect("row")
-            .into_bytes(),
+        keel_kernel::store::Db::Sqlite(p) => {
+            sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
+                .fetch_one(p)
+                .await
+                .expect("row")
+                .into_bytes()
+        }
+        keel_kernel::store::Db::Postgres(p) => {
+            sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
+                .fetch_one(p)
+                .await
+                .expect("row")
+                .into_bytes()
+        }
     };
     assert!(!String::from_utf8_lossy(&raw).contains("5557654321"));
 }

@@ -45,7 +45,10 @@ fn builder() -> keel_testkit::TestAppBuilder {
 
 /// Two nodes on one database. Cross-node delivery must come from pub/sub where there is
 /// one (the catch-up is pushed out of reach); on SQLite the catch-up is the way.
-async fn two_nodes(db: Option<Arc<TestDb>>, edit: fn(&mut keel_kernel::Config)) -> (TestApp, TestApp) {
+async fn two_nodes(
+    db: Option<Arc<TestDb>>,
+    edit: fn(&mut keel_kernel::Config),
+) -> (TestApp, TestApp) {
     let db = match db {
         Some(db) => db,
         None => Arc::new(TestDb::new().await.expect("db")),
@@ -77,9 +80,14 @@ fn ws_url(app: &TestApp, query: &str) -> String {
     format!("ws://{}/api/v1/realtime/ws?{query}", app.addr)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn ws_connect(app: &TestApp, query: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+async fn ws_connect(
+    app: &TestApp,
+    query: &str,
+    token: Option<&str>,
+) -> Result<Ws, tungstenite::Error> {
     let mut request = ws_url(app, query).into_client_request()?;
     if let Some(t) = token {
         request.headers_mut().insert(
@@ -87,7 +95,9 @@ async fn ws_connect(app: &TestApp, query: &str, token: Option<&str>) -> Result<W
             format!("Bearer {t}").parse().expect("header"),
         );
     }
-    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 /// The HTTP status a refused WebSocket handshake answered.
@@ -265,7 +275,9 @@ async fn reconnecting_with_the_last_id_misses_nothing_on_every_transport() {
     let other = Channel::user(user.user_id);
     let q = format!("channels={channel}");
 
-    let mut ws = ws_connect(&b, &q, Some(&user.access_token)).await.expect("ws");
+    let mut ws = ws_connect(&b, &q, Some(&user.access_token))
+        .await
+        .expect("ws");
     publish(&a, user.org_id, &channel, json!({ "n": 0 })).await;
     let first = ws_next(&mut ws).await;
     ws.close(None).await.expect("close");
@@ -285,7 +297,10 @@ async fn reconnecting_with_the_last_id_misses_nothing_on_every_transport() {
     let mut sse = sse_connect(&b, &q, &user.access_token, Some(&last)).await;
     for (i, id) in missed.iter().enumerate() {
         let m = ws_next(&mut ws).await;
-        assert_eq!((m["id"].as_str(), &m["data"]["n"]), (Some(id.as_str()), &json!(i + 1)));
+        assert_eq!(
+            (m["id"].as_str(), &m["data"]["n"]),
+            (Some(id.as_str()), &json!(i + 1))
+        );
         let (sid, e) = sse.next().await;
         assert_eq!((&sid, &e), (id, &m));
     }
@@ -298,7 +313,9 @@ async fn reconnecting_with_the_last_id_misses_nothing_on_every_transport() {
     let poll = |after: String| {
         poll_once(
             b.client.clone(),
-            b.url(&format!("/api/v1/realtime/poll?{q}&after={after}&timeout=15")),
+            b.url(&format!(
+                "/api/v1/realtime/poll?{q}&after={after}&timeout=15"
+            )),
             user.access_token.clone(),
         )
     };
@@ -323,7 +340,12 @@ async fn reconnecting_with_the_last_id_misses_nothing_on_every_transport() {
 }
 
 async fn poll_once(client: reqwest::Client, url: String, token: String) -> Value {
-    let r = client.get(url).bearer_auth(token).send().await.expect("poll");
+    let r = client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("poll");
     assert_eq!(r.status(), StatusCode::OK);
     r.json::<Value>().await.expect("json")
 }
@@ -342,8 +364,12 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_gets_everything() 
     let user = app.register_org("rt-slow@example.com", "Slow Org").await;
     let channel = Channel::org(user.org_id);
     let q = format!("channels={channel}");
-    let mut slow = ws_connect(&app, &q, Some(&user.access_token)).await.expect("slow");
-    let mut fast = ws_connect(&app, &q, Some(&user.access_token)).await.expect("fast");
+    let mut slow = ws_connect(&app, &q, Some(&user.access_token))
+        .await
+        .expect("slow");
+    let mut fast = ws_connect(&app, &q, Some(&user.access_token))
+        .await
+        .expect("fast");
 
     // Far more than socket buffers hold, so the unread connection backs up.
     let total = 1500usize;
@@ -363,31 +389,50 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_gets_everything() 
             let n = batch * 100 + i;
             app.state
                 .realtime
-                .publish(&mut tx, &scope, &channel, "bulk", json!({ "n": n, "p": payload }))
+                .publish(
+                    &mut tx,
+                    &scope,
+                    &channel,
+                    "bulk",
+                    json!({ "n": n, "p": payload }),
+                )
                 .await
                 .expect("publish");
         }
         tx.commit().await.expect("commit");
     }
     let seen = reader.await.expect("fast reader");
-    assert_eq!(seen, (0..total as u64).collect::<Vec<_>>(), "the fast client got every message in order");
+    assert_eq!(
+        seen,
+        (0..total as u64).collect::<Vec<_>>(),
+        "the fast client got every message in order"
+    );
 
     // The slow one now reads: what it gets ends with a close (or a reset), not all messages.
     let mut received = 0usize;
     let ended = loop {
-        match tokio::time::timeout(WAIT, slow.next()).await.expect("the slow socket ends") {
+        match tokio::time::timeout(WAIT, slow.next())
+            .await
+            .expect("the slow socket ends")
+        {
             Some(Ok(tungstenite::Message::Text(_))) => received += 1,
             Some(Ok(tungstenite::Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => {}
             Some(Err(_)) | None => break None,
         }
     };
-    assert!(received < total, "the slow client was cut off ({received} of {total})");
+    assert!(
+        received < total,
+        "the slow client was cut off ({received} of {total})"
+    );
     assert!(matches!(ended, Some(4008) | None), "{ended:?}");
     // The connection was let go on the server.
     let deadline = tokio::time::Instant::now() + WAIT;
     while app.state.realtime.connection_count() > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the slow connection is still counted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow connection is still counted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -412,29 +457,57 @@ async fn a_foreign_or_unknown_channel_is_refused_like_a_missing_one() {
         let sse = app.get_as(&format!("/api/v1/realtime/sse?{q}"), t).await;
         assert_eq!(sse.status(), StatusCode::NOT_FOUND, "{channel}");
         let body = keel_testkit::problem(sse).await;
-        assert!(body["detail"].as_str().unwrap_or("").contains("does not exist"));
-        let poll = app.get_as(&format!("/api/v1/realtime/poll?{q}&timeout=0"), t).await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("does not exist")
+        );
+        let poll = app
+            .get_as(&format!("/api/v1/realtime/poll?{q}&timeout=0"), t)
+            .await;
         assert_eq!(poll.status(), StatusCode::NOT_FOUND, "{channel}");
         assert_eq!(ws_refusal(&app, &q, Some(t)).await, 404, "{channel}");
     }
     // Malformed input names the field; no credentials is 401; a plain GET on /ws is 426.
     let r = app.get_as("/api/v1/realtime/poll?channels=user", t).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(keel_testkit::problem(r).await["errors"][0]["field"], "channels");
+    assert_eq!(
+        keel_testkit::problem(r).await["errors"][0]["field"],
+        "channels"
+    );
     let r = app
-        .get_as(&format!("/api/v1/realtime/poll?channels=org:{}&after=abc", me.org_id), t)
+        .get_as(
+            &format!("/api/v1/realtime/poll?channels=org:{}&after=abc", me.org_id),
+            t,
+        )
         .await;
-    assert_eq!(keel_testkit::problem(r).await["errors"][0]["field"], "after");
+    assert_eq!(
+        keel_testkit::problem(r).await["errors"][0]["field"],
+        "after"
+    );
     let r = app
-        .get_as(&format!("/api/v1/realtime/poll?channels=org:{}&timeout=3600", me.org_id), t)
+        .get_as(
+            &format!(
+                "/api/v1/realtime/poll?channels=org:{}&timeout=3600",
+                me.org_id
+            ),
+            t,
+        )
         .await;
-    assert_eq!(keel_testkit::problem(r).await["errors"][0]["field"], "timeout");
+    assert_eq!(
+        keel_testkit::problem(r).await["errors"][0]["field"],
+        "timeout"
+    );
     assert_eq!(
         ws_refusal(&app, &format!("channels=org:{}", me.org_id), None).await,
         401
     );
     let r = app
-        .get_as(&format!("/api/v1/realtime/ws?channels=org:{}", me.org_id), t)
+        .get_as(
+            &format!("/api/v1/realtime/ws?channels=org:{}", me.org_id),
+            t,
+        )
         .await;
     assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
     // My own channels open.
@@ -453,7 +526,9 @@ async fn a_foreign_or_unknown_channel_is_refused_like_a_missing_one() {
 #[tokio::test]
 async fn a_ticket_opens_one_connection_without_headers() {
     let app = builder().spawn().await.expect("app");
-    let me = app.register_org("rt-ticket@example.com", "Ticket Org").await;
+    let me = app
+        .register_org("rt-ticket@example.com", "Ticket Org")
+        .await;
     let r = app
         .post_as("/api/v1/realtime/ticket", &me.access_token, &json!({}))
         .await;
@@ -464,11 +539,22 @@ async fn a_ticket_opens_one_connection_without_headers() {
         .to_string();
     let q = format!("channels=user:{}&ticket={ticket}", me.user_id);
     let mut ws = ws_connect(&app, &q, None).await.expect("ticket opens");
-    publish(&app, me.org_id, &Channel::user(me.user_id), json!({ "hi": 1 })).await;
+    publish(
+        &app,
+        me.org_id,
+        &Channel::user(me.user_id),
+        json!({ "hi": 1 }),
+    )
+    .await;
     assert_eq!(ws_next(&mut ws).await["data"]["hi"], 1);
     assert_eq!(ws_refusal(&app, &q, None).await, 401, "a ticket works once");
     assert_eq!(
-        ws_refusal(&app, &format!("channels=user:{}&ticket=nonsense", me.user_id), None).await,
+        ws_refusal(
+            &app,
+            &format!("channels=user:{}&ticket=nonsense", me.user_id),
+            None
+        )
+        .await,
         401
     );
 }
@@ -515,13 +601,20 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
         .await
         .expect("app");
     let me = app.register_org("rt-idle@example.com", "Idle Org").await;
-    let mut ws = ws_connect(&app, &format!("channels=user:{}", me.user_id), Some(&me.access_token))
-        .await
-        .expect("ws");
+    let mut ws = ws_connect(
+        &app,
+        &format!("channels=user:{}", me.user_id),
+        Some(&me.access_token),
+    )
+    .await
+    .expect("ws");
     // Not reading means not answering pings: after the idle timeout the server closes.
     let deadline = tokio::time::Instant::now() + WAIT;
     while app.state.realtime.connection_count() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the idle connection stayed open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection stayed open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut code = None;

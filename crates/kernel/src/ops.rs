@@ -238,21 +238,43 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
         },
     );
     checks.insert("redis", check_redis(&state).await);
-    checks.insert("email", channel_check(state.notify.email.as_ref().map(|_| {
-        let s = &state.config.smtp;
-        format!("smtp {}:{} (not probed)", s.host.as_deref().unwrap_or(""), s.port)
-    }), "no SMTP host configured (KEEL_SMTP__HOST); email notifications are skipped"));
-    checks.insert("sms", channel_check(state.notify.sms.as_ref().map(|_| "provider configured (not probed)".to_string()),
-        "no SMS provider configured (KEEL_SMS__BASE_URL); SMS notifications are skipped"));
-    checks.insert("realtime", Check {
-        status: "up",
-        latency_ms: None,
-        detail: Some(format!(
-            "fan-out {}, {} connection(s)",
-            state.realtime.fanout_name(),
-            state.realtime.connection_count()
-        )),
-    });
+    checks.insert(
+        "email",
+        channel_check(
+            state.notify.email.as_ref().map(|_| {
+                let s = &state.config.smtp;
+                format!(
+                    "smtp {}:{} (not probed)",
+                    s.host.as_deref().unwrap_or(""),
+                    s.port
+                )
+            }),
+            "no SMTP host configured (KEEL_SMTP__HOST); email notifications are skipped",
+        ),
+    );
+    checks.insert(
+        "sms",
+        channel_check(
+            state
+                .notify
+                .sms
+                .as_ref()
+                .map(|_| "provider configured (not probed)".to_string()),
+            "no SMS provider configured (KEEL_SMS__BASE_URL); SMS notifications are skipped",
+        ),
+    );
+    checks.insert(
+        "realtime",
+        Check {
+            status: "up",
+            latency_ms: None,
+            detail: Some(format!(
+                "fan-out {}, {} connection(s)",
+                state.realtime.fanout_name(),
+                state.realtime.connection_count()
+            )),
+        },
+    );
     let ready = checks.values().all(|c| c.status != "down");
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },

@@ -40,7 +40,9 @@ pub struct SmtpMailer {
 
 impl std::fmt::Debug for SmtpMailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpMailer").field("from", &self.from.to_string()).finish()
+        f.debug_struct("SmtpMailer")
+            .field("from", &self.from.to_string())
+            .finish()
     }
 }
 
@@ -99,9 +101,9 @@ impl SmtpMailer {
         .map_err(|e| SendError::Permanent(format!("the message cannot be built: {e}")))?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => {
-                Err(SendError::Permanent(format!("the SMTP server refused: {e}")))
-            }
+            Err(e) if e.is_permanent() => Err(SendError::Permanent(format!(
+                "the SMTP server refused: {e}"
+            ))),
             Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),
         }
     }
@@ -136,8 +138,14 @@ impl std::fmt::Debug for SmsClient {
 
 impl SmsClient {
     pub fn new(config: &SmsConfig) -> anyhow::Result<Self> {
-        let base = config.base_url.as_deref().context("sms.base_url is not set")?;
-        let account_sid = config.account_sid.clone().context("sms.account_sid is not set")?;
+        let base = config
+            .base_url
+            .as_deref()
+            .context("sms.base_url is not set")?;
+        let account_sid = config
+            .account_sid
+            .clone()
+            .context("sms.account_sid is not set")?;
         crate::server::install_crypto_provider();
         Ok(Self {
             http: reqwest::Client::builder()
@@ -150,7 +158,10 @@ impl SmsClient {
                 base.trim_end_matches('/')
             ),
             account_sid,
-            token: config.auth_token.clone().context("sms.auth_token is not set")?,
+            token: config
+                .auth_token
+                .clone()
+                .context("sms.auth_token is not set")?,
             from: config.from.clone().context("sms.from is not set")?,
         })
     }
@@ -164,14 +175,20 @@ impl SmsClient {
             .form(&[("To", to), ("From", self.from.as_str()), ("Body", body)])
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("SMS provider unreachable: {}", e.without_url())))?;
+            .map_err(|e| {
+                SendError::Transient(format!("SMS provider unreachable: {}", e.without_url()))
+            })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else if status.as_u16() == 429 || status.is_server_error() {
-            Err(SendError::Transient(format!("SMS provider answered {status}")))
+            Err(SendError::Transient(format!(
+                "SMS provider answered {status}"
+            )))
         } else {
-            Err(SendError::Permanent(format!("SMS provider refused: {status}")))
+            Err(SendError::Permanent(format!(
+                "SMS provider refused: {status}"
+            )))
         }
     }
 }
@@ -211,10 +228,7 @@ pub fn jobs() -> Vec<JobDefinition> {
     ]
 }
 
-async fn deliver(
-    ctx: JobContext,
-    job: DeliverNotification,
-) -> Result<serde_json::Value, JobError> {
+async fn deliver(ctx: JobContext, job: DeliverNotification) -> Result<serde_json::Value, JobError> {
     let scope = ctx
         .scope
         .clone()
@@ -237,7 +251,9 @@ async fn deliver(
                     .send_message(&to, &n.title, &n.body, n.html.as_deref(), Some(message_id))
                     .await
             }
-            None => Err(SendError::Permanent("email is disabled (no SMTP host)".into())),
+            None => Err(SendError::Permanent(
+                "email is disabled (no SMTP host)".into(),
+            )),
         },
         DeliveryChannel::Sms => match &state.notify.sms {
             Some(client) => {
@@ -262,8 +278,16 @@ async fn deliver(
         }
         Err(SendError::Permanent(why)) => {
             tracing::warn!(notification = %id, channel = job.channel.as_str(), error = %why, "notification delivery failed for good");
-            store::set_delivery(&state.db, &scope, id, job.channel, "failed", attempt, Some(&why))
-                .await?;
+            store::set_delivery(
+                &state.db,
+                &scope,
+                id,
+                job.channel,
+                "failed",
+                attempt,
+                Some(&why),
+            )
+            .await?;
             Err(JobError::permanent(why))
         }
         Err(SendError::Transient(why)) => {
@@ -273,8 +297,16 @@ async fn deliver(
                 "retrying"
             };
             tracing::warn!(notification = %id, channel = job.channel.as_str(), attempt, error = %why, "notification delivery failed; {status}");
-            store::set_delivery(&state.db, &scope, id, job.channel, status, attempt, Some(&why))
-                .await?;
+            store::set_delivery(
+                &state.db,
+                &scope,
+                id,
+                job.channel,
+                status,
+                attempt,
+                Some(&why),
+            )
+            .await?;
             Err(JobError::retry(why))
         }
     }

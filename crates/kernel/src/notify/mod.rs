@@ -42,7 +42,9 @@ pub use delivery::{SmsClient, SmtpMailer};
 pub use store::{Delivery, Notification};
 
 /// Where a notification can go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryChannel {
     InApp,
@@ -114,7 +116,11 @@ impl NotificationType {
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let env = templates_env();
-        for (part, source) in [("title", Some(self.title)), ("text", Some(self.text)), ("html", self.html)] {
+        for (part, source) in [
+            ("title", Some(self.title)),
+            ("text", Some(self.text)),
+            ("html", self.html),
+        ] {
             if let Some(source) = source
                 && let Err(e) = env.template_from_str(source)
             {
@@ -242,7 +248,8 @@ impl SmtpConfig {
         }
         if let Some(host) = &self.host {
             if host.trim().is_empty() {
-                problems.push("smtp.host: must not be empty (leave it unset to disable email)".into());
+                problems
+                    .push("smtp.host: must not be empty (leave it unset to disable email)".into());
             }
             if production && self.tls == SmtpTls::None && !is_loopback(host) {
                 problems.push(
@@ -335,7 +342,11 @@ impl Notifier {
         let mut env = templates_env();
         let mut types = HashMap::new();
         for t in registry.notification_types() {
-            for (part, source) in [("title", Some(t.title)), ("text", Some(t.text)), ("html", t.html)] {
+            for (part, source) in [
+                ("title", Some(t.title)),
+                ("text", Some(t.text)),
+                ("html", t.html),
+            ] {
                 if let Some(source) = source {
                     env.add_template_owned(format!("{}.{part}", t.name), source.to_string())?;
                 }
@@ -345,14 +356,18 @@ impl Notifier {
         let email = match &config.smtp.host {
             Some(_) => Some(Arc::new(SmtpMailer::new(&config.smtp)?)),
             None => {
-                tracing::warn!("email notifications are disabled: no [smtp] host is configured (KEEL_SMTP__HOST)");
+                tracing::warn!(
+                    "email notifications are disabled: no [smtp] host is configured (KEEL_SMTP__HOST)"
+                );
                 None
             }
         };
         let sms = match &config.sms.base_url {
             Some(_) => Some(Arc::new(SmsClient::new(&config.sms)?)),
             None => {
-                tracing::warn!("SMS notifications are disabled: no [sms] base_url is configured (KEEL_SMS__BASE_URL)");
+                tracing::warn!(
+                    "SMS notifications are disabled: no [sms] base_url is configured (KEEL_SMS__BASE_URL)"
+                );
                 None
             }
         };
@@ -457,7 +472,8 @@ pub async fn send(
         match skipped {
             Some(reason) => {
                 tracing::info!(notification = %id, channel = channel.as_str(), reason, "notification delivery skipped");
-                store::insert_delivery(tx, scope, id, channel, "skipped", Some(reason), None).await?;
+                store::insert_delivery(tx, scope, id, channel, "skipped", Some(reason), None)
+                    .await?;
             }
             None => {
                 let job = delivery::DeliverNotification {
@@ -509,11 +525,15 @@ mod tests {
             .html("<p>{{ name }}</p>");
         assert!(t.problems().is_empty());
         let mut env = templates_env();
-        env.add_template("a.html", "<p>{{ name }}</p>").expect("html");
+        env.add_template("a.html", "<p>{{ name }}</p>")
+            .expect("html");
         env.add_template("a.text", "{{ name }} & co").expect("text");
         let data = serde_json::json!({ "name": "<b>Ann</b>" });
         let html = env.get_template("a.html").and_then(|t| t.render(&data));
-        assert_eq!(html.ok().as_deref(), Some("<p>&lt;b&gt;Ann&lt;&#x2f;b&gt;</p>"));
+        assert_eq!(
+            html.ok().as_deref(),
+            Some("<p>&lt;b&gt;Ann&lt;&#x2f;b&gt;</p>")
+        );
         let text = env.get_template("a.text").and_then(|t| t.render(&data));
         assert_eq!(text.ok().as_deref(), Some("<b>Ann</b> & co"));
         let broken = NotificationType::new("t.y", "{{ oops", "x");

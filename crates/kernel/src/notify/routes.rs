@@ -78,7 +78,9 @@ pub async fn mark_read(
     // Not found (or another user's) answers 404 before anything changes.
     store::get_mine(&state.db, &scope, p.user_id, id).await?;
     store::mark_read(&state.db, &scope, p.user_id, Some(id)).await?;
-    Ok(Json(store::get_mine(&state.db, &scope, p.user_id, id).await?))
+    Ok(Json(
+        store::get_mine(&state.db, &scope, p.user_id, id).await?,
+    ))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -185,7 +187,9 @@ pub struct PreferencesInput {
 }
 
 /// Tells a missing field (`None`) from an explicit `null` (`Some(None)`).
-fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn some_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
 }
 

@@ -230,7 +230,10 @@ pub(crate) async fn set_delivery(
             .table("notification_deliveries")
             .values([
                 ("status", status.into()),
-                ("attempts", i32::try_from(attempts).unwrap_or(i32::MAX).into()),
+                (
+                    "attempts",
+                    i32::try_from(attempts).unwrap_or(i32::MAX).into(),
+                ),
                 ("detail", detail.map(str::to_string).into()),
                 ("updated_at", now().into()),
             ])
@@ -251,7 +254,14 @@ pub(crate) async fn delivery(
 ) -> Result<Option<Delivery>, StoreError> {
     db.fetch_optional(
         &Query::select()
-            .columns(["channel", "status", "attempts", "detail", "job_id", "updated_at"])
+            .columns([
+                "channel",
+                "status",
+                "attempts",
+                "detail",
+                "job_id",
+                "updated_at",
+            ])
             .from("notification_deliveries")
             .and_where(Expr::col("org_id").eq(scope.org_id()))
             .and_where(Expr::col("notification_id").eq(notification_id))
@@ -302,11 +312,7 @@ async fn deliveries_of(
 }
 
 /// The row behind a notification (any recipient in the scope; for delivery jobs).
-pub(crate) async fn row(
-    db: &Db,
-    scope: &TenantScope,
-    id: Uuid,
-) -> Result<Row, StoreError> {
+pub(crate) async fn row(db: &Db, scope: &TenantScope, id: Uuid) -> Result<Row, StoreError> {
     db.fetch_one(
         &Query::select()
             .columns(COLUMNS)
@@ -339,7 +345,14 @@ pub(crate) async fn get(
     let deliveries: Vec<Delivery> = tx
         .fetch_all(
             &Query::select()
-                .columns(["channel", "status", "attempts", "detail", "job_id", "updated_at"])
+                .columns([
+                    "channel",
+                    "status",
+                    "attempts",
+                    "detail",
+                    "job_id",
+                    "updated_at",
+                ])
                 .from("notification_deliveries")
                 .and_where(Expr::col("org_id").eq(scope.org_id()))
                 .and_where(Expr::col("notification_id").eq(id))
@@ -493,7 +506,14 @@ pub(crate) async fn set_preference(
     tx.execute(
         &Query::insert()
             .into_table("notification_preferences")
-            .columns(["org_id", "user_id", "kind", "channel", "enabled", "updated_at"])
+            .columns([
+                "org_id",
+                "user_id",
+                "kind",
+                "channel",
+                "enabled",
+                "updated_at",
+            ])
             .values_panic([
                 scope.org_id().into(),
                 user_id.into(),
@@ -514,7 +534,10 @@ pub(crate) async fn set_preference(
 }
 
 fn sms_context(scope: &TenantScope, user_id: Uuid) -> String {
-    format!("{}|notification_contacts|sms_number|{user_id}", scope.org_id())
+    format!(
+        "{}|notification_contacts|sms_number|{user_id}",
+        scope.org_id()
+    )
 }
 
 /// The user's SMS number, decrypted.

@@ -133,10 +133,7 @@ impl Fanout {
     }
 
     /// The task that hears other nodes' signals, if this fan-out has one.
-    pub(crate) fn listen(
-        &self,
-        hub: Arc<Hub>,
-    ) -> Option<futures::future::BoxFuture<'static, ()>> {
+    pub(crate) fn listen(&self, hub: Arc<Hub>) -> Option<futures::future::BoxFuture<'static, ()>> {
         match self.clone() {
             Fanout::Redis { url, channel, .. } => Some(Box::pin(listen_redis(url, channel, hub))),
             Fanout::Postgres {

@@ -208,12 +208,7 @@ impl Hub {
 
     /// The dispatcher: runs until the process ends (one per node).
     pub(crate) async fn dispatch_forever(self: Arc<Self>) {
-        let Some(mut rx) = self
-            .receiver
-            .lock()
-            .ok()
-            .and_then(|mut r| r.take())
-        else {
+        let Some(mut rx) = self.receiver.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
         while let Some(signal) = rx.recv().await {

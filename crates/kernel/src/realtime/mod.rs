@@ -164,7 +164,9 @@ impl Channel {
             ));
         }
         let Some((prefix, rest)) = name.split_once(':') else {
-            return Err(format!("`{name}` is not a channel like user:<id> or org:<id>"));
+            return Err(format!(
+                "`{name}` is not a channel like user:<id> or org:<id>"
+            ));
         };
         let prefix_ok = prefix
             .chars()
@@ -214,9 +216,7 @@ pub struct Message {
 }
 
 type AuthorizeFn = Arc<
-    dyn Fn(AppState, TenantScope, String) -> BoxFuture<'static, anyhow::Result<bool>>
-        + Send
-        + Sync,
+    dyn Fn(AppState, TenantScope, String) -> BoxFuture<'static, anyhow::Result<bool>> + Send + Sync,
 >;
 
 /// A resource channel family a module declares, e.g. `partners:<id>`: who may subscribe.
@@ -507,7 +507,16 @@ mod tests {
     fn channel_names_are_checked() {
         assert!(Channel::parse("user:0191f7a0-0000-7000-8000-000000000000").is_ok());
         assert!(Channel::parse("trade:shipments:abc").is_ok());
-        for bad in ["", "user", "user:", ":x", "User:x", "user:a b", "org:x,y", "x:<script>"] {
+        for bad in [
+            "",
+            "user",
+            "user:",
+            ":x",
+            "User:x",
+            "user:a b",
+            "org:x,y",
+            "x:<script>",
+        ] {
             assert!(Channel::parse(bad).is_err(), "{bad}");
         }
         assert!(Channel::parse(&format!("a:{}", "x".repeat(MAX_CHANNEL_LEN))).is_err());

@@ -55,7 +55,6 @@ impl axum::extract::FromRequestParts<AppState> for Listener {
     }
 }
 
-
 async fn redeem(state: &AppState, ticket: &str) -> Result<Listener, ApiError> {
     let invalid = || ApiError::unauthorized("the ticket is not valid, was used already or expired");
     let org = ticket
@@ -549,8 +548,15 @@ pub async fn create_ticket(
         partner_id: p.partner_id,
         permissions: serde_json::to_string(&permissions).map_err(ApiError::internal)?,
     };
-    let expires = crate::store::now() + chrono::TimeDelta::seconds(i64::try_from(ttl).unwrap_or(600));
-    store::insert_ticket(&state.db, &row, &crate::crypto::token_hash(&ticket), expires).await?;
+    let expires =
+        crate::store::now() + chrono::TimeDelta::seconds(i64::try_from(ttl).unwrap_or(600));
+    store::insert_ticket(
+        &state.db,
+        &row,
+        &crate::crypto::token_hash(&ticket),
+        expires,
+    )
+    .await?;
     Ok(Json(Ticket {
         ticket,
         expires_in: ttl,

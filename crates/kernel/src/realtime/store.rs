@@ -114,10 +114,7 @@ pub(crate) async fn current_seq(db: &Db, org_id: Uuid) -> Result<i64, StoreError
         .unwrap_or(0))
 }
 
-pub(crate) async fn current_seqs(
-    db: &Db,
-    orgs: &[Uuid],
-) -> Result<HashMap<Uuid, i64>, StoreError> {
+pub(crate) async fn current_seqs(db: &Db, orgs: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         org_id: Uuid,
