@@ -629,3 +629,54 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
     assert!(matches!(code, Some(4000) | None), "{code:?}");
     let _ = ws.send(tungstenite::Message::Close(None)).await;
 }
+
+#[tokio::test]
+async fn signing_out_ends_open_streams_and_the_tickets_issued_before() {
+    let app = builder()
+        .configure(|c| {
+            c.realtime.heartbeat_secs = 1;
+            c.realtime.idle_timeout_secs = 60;
+        })
+        .spawn()
+        .await
+        .expect("app");
+    let me = app.register_org("rt-out@example.com", "Out Org").await;
+    let q = format!("channels=user:{}", me.user_id);
+    let mut ws = ws_connect(&app, &q, Some(&me.access_token))
+        .await
+        .expect("ws");
+    let _sse = sse_connect(&app, &q, &me.access_token, None).await;
+    let r = app
+        .post_as("/api/v1/realtime/ticket", &me.access_token, &json!({}))
+        .await;
+    let ticket = r.json::<Value>().await.expect("json")["ticket"]
+        .as_str()
+        .expect("ticket")
+        .to_string();
+    assert_eq!(app.state.realtime.connection_count(), 2);
+    let r = app
+        .post_as("/api/v1/auth/logout", &me.access_token, &json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    // Both streams end at their next heartbeat; the WebSocket says why.
+    let mut code = None;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(WAIT, ws.next()).await {
+        if let tungstenite::Message::Close(f) = frame {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(4001));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.state.realtime.connection_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a stream outlived the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ws_refusal(&app, &format!("{q}&ticket={ticket}"), None).await,
+        401
+    );
+}

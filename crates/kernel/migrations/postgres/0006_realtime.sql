@@ -36,6 +36,10 @@ CREATE TABLE realtime_tickets (
     user_id UUID NOT NULL,
     partner_id UUID,
     permissions TEXT NOT NULL,
+    session_id UUID,
+    token_id UUID,
+    token_expires_at BIGINT,
+    api_key_id UUID,
     expires_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (org_id, token_hash)
 );

@@ -36,6 +36,10 @@ CREATE TABLE realtime_tickets (
     user_id BLOB NOT NULL,
     partner_id BLOB,
     permissions TEXT NOT NULL,
+    session_id BLOB,
+    token_id BLOB,
+    token_expires_at INTEGER,
+    api_key_id BLOB,
     expires_at TEXT NOT NULL,
     PRIMARY KEY (org_id, token_hash)
 );

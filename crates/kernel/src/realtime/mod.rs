@@ -266,11 +266,29 @@ pub struct Listener {
     pub user_id: Uuid,
     pub partner_id: Option<Uuid>,
     pub permissions: BTreeSet<String>,
+    /// What the caller signed in with (directly or behind a ticket): an open connection
+    /// ends when it expires or is revoked.
+    pub credential: Option<crate::auth::Credential>,
 }
 
 impl Listener {
     pub fn scope(&self) -> TenantScope {
         TenantScope::for_user(self.org_id, self.partner_id, self.user_id)
+    }
+
+    /// Whether the credential behind this connection still holds (checked on every
+    /// heartbeat, so a sign-out or an expired token ends the stream).
+    pub fn still_valid(&self, state: &AppState) -> bool {
+        let revocations = &state.auth.revocations;
+        match &self.credential {
+            Some(crate::auth::Credential::Session {
+                session_id,
+                jti,
+                exp,
+            }) => Utc::now().timestamp() < *exp && !revocations.refuses_session(*session_id, *jti),
+            Some(crate::auth::Credential::ApiKey { id }) => !revocations.refuses_api_key(*id),
+            None => false,
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::hub::{PAGE, Subscription};
 use super::{Channel, ConnectionGuard, Listener, Message, store};
-use crate::auth::SignedIn;
+use crate::auth::{Credential, SignedIn};
 use crate::http::{ApiError, ApiResult, Json, Query};
 use crate::module::ModuleRouter;
 use crate::state::AppState;
@@ -51,6 +51,7 @@ impl axum::extract::FromRequestParts<AppState> for Listener {
             user_id: p.user_id,
             partner_id: p.partner_id,
             permissions: p.permissions().into_iter().map(String::from).collect(),
+            credential: Some(p.credential.clone()),
         })
     }
 }
@@ -65,12 +66,32 @@ async fn redeem(state: &AppState, ticket: &str) -> Result<Listener, ApiError> {
         .await?
         .ok_or_else(invalid)?;
     let permissions = serde_json::from_str(&row.permissions).map_err(|_| invalid())?;
-    Ok(Listener {
+    let credential = match (
+        row.session_id,
+        row.token_id,
+        row.token_expires_at,
+        row.api_key_id,
+    ) {
+        (Some(session_id), Some(jti), Some(exp), _) => Credential::Session {
+            session_id,
+            jti,
+            exp,
+        },
+        (_, _, _, Some(id)) => Credential::ApiKey { id },
+        _ => return Err(invalid()),
+    };
+    let who = Listener {
         org_id: row.org_id,
         user_id: row.user_id,
         partner_id: row.partner_id,
         permissions,
-    })
+        credential: Some(credential),
+    };
+    // Signed out (or the token expired) since the ticket was issued.
+    if !who.still_valid(state) {
+        return Err(invalid());
+    }
+    Ok(who)
 }
 
 /// Which channels, and where to resume.
@@ -236,7 +257,7 @@ pub async fn realtime_ws(
     })?;
     let (sub, guard) = open(&state, &who, &q.channels, "ws").await?;
     Ok(upgrade
-        .on_upgrade(move |socket| ws_session(state, sub, after, socket, guard))
+        .on_upgrade(move |socket| ws_session(state, who, sub, after, socket, guard))
         .into_response())
 }
 
@@ -265,6 +286,7 @@ async fn send(socket: &mut WebSocket, message: &Message, within: Duration) -> bo
 
 async fn ws_session(
     state: AppState,
+    who: Listener,
     mut sub: Subscription,
     after: Option<i64>,
     mut socket: WebSocket,
@@ -324,6 +346,10 @@ async fn ws_session(
                     close(&mut socket, 4000, "idle timeout").await;
                     return;
                 }
+                if !who.still_valid(&state) {
+                    close(&mut socket, 4001, "the credential expired or was revoked; reconnect with a fresh one").await;
+                    return;
+                }
                 let ping = socket.send(WsMessage::Ping(bytes::Bytes::new()));
                 if !matches!(tokio::time::timeout(within, ping).await, Ok(Ok(()))) {
                     return;
@@ -365,7 +391,11 @@ pub async fn realtime_sse(
     };
     let (sub, guard) = open(&state, &who, &q.channels, "sse").await?;
     let heartbeat = Duration::from_secs(state.realtime.config.heartbeat_secs);
+    let mut recheck = tokio::time::interval(heartbeat);
+    recheck.reset();
     let stream = sse_stream(SseState {
+        who,
+        recheck,
         shutdown: state.realtime.shutdown_signal(),
         state,
         floor: after.unwrap_or(0),
@@ -382,6 +412,8 @@ pub async fn realtime_sse(
 
 struct SseState {
     state: AppState,
+    who: Listener,
+    recheck: tokio::time::Interval,
     sub: Subscription,
     resume: Option<i64>,
     floor: i64,
@@ -435,6 +467,11 @@ fn sse_stream(st: SseState) -> impl futures::Stream<Item = Result<Event, Infalli
                     }
                 },
                 _ = st.shutdown.changed() => return None,
+                _ = st.recheck.tick() => {
+                    if !st.who.still_valid(&st.state) {
+                        return None;
+                    }
+                }
             }
         }
     })
@@ -542,11 +579,23 @@ pub async fn create_ticket(
     let ttl = state.realtime.config.ticket_ttl_secs;
     let ticket = format!("{}.{}", p.org_id.simple(), crate::crypto::random_token(32));
     let permissions: Vec<&str> = p.permissions().into_iter().collect();
+    let (session_id, token_id, token_expires_at, api_key_id) = match &p.credential {
+        Credential::Session {
+            session_id,
+            jti,
+            exp,
+        } => (Some(*session_id), Some(*jti), Some(*exp), None),
+        Credential::ApiKey { id } => (None, None, None, Some(*id)),
+    };
     let row = store::TicketRow {
         org_id: p.org_id,
         user_id: p.user_id,
         partner_id: p.partner_id,
         permissions: serde_json::to_string(&permissions).map_err(ApiError::internal)?,
+        session_id,
+        token_id,
+        token_expires_at,
+        api_key_id,
     };
     let expires =
         crate::store::now() + chrono::TimeDelta::seconds(i64::try_from(ttl).unwrap_or(600));

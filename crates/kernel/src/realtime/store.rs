@@ -196,6 +196,10 @@ pub(crate) struct TicketRow {
     pub user_id: Uuid,
     pub partner_id: Option<Uuid>,
     pub permissions: String,
+    pub session_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub token_expires_at: Option<i64>,
+    pub api_key_id: Option<Uuid>,
 }
 
 pub(crate) async fn insert_ticket(
@@ -213,6 +217,10 @@ pub(crate) async fn insert_ticket(
                 "user_id",
                 "partner_id",
                 "permissions",
+                "session_id",
+                "token_id",
+                "token_expires_at",
+                "api_key_id",
                 "expires_at",
             ])
             .values_panic([
@@ -221,6 +229,10 @@ pub(crate) async fn insert_ticket(
                 row.user_id.into(),
                 row.partner_id.into(),
                 row.permissions.clone().into(),
+                row.session_id.into(),
+                row.token_id.into(),
+                row.token_expires_at.into(),
+                row.api_key_id.into(),
                 expires_at.into(),
             ])
             .to_owned(),
@@ -246,6 +258,10 @@ pub(crate) async fn take_ticket(
                 "user_id",
                 "partner_id",
                 "permissions",
+                "session_id",
+                "token_id",
+                "token_expires_at",
+                "api_key_id",
             ]))
             .to_owned(),
     )
