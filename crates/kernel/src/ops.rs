@@ -534,6 +534,36 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
             }),
         },
         Fixture {
+            resource: "notification",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let mut tx = state.db.begin().await?;
+                    let owner = fixture_user_row(&mut tx, &scope).await?;
+                    let id = Uuid::now_v7();
+                    let rendered = crate::notify::Rendered {
+                        title: "Fixture".into(),
+                        text: "A fixture notification".into(),
+                        html: None,
+                    };
+                    crate::notify::store::insert_notification(
+                        &mut tx,
+                        &scope,
+                        id,
+                        owner.id,
+                        "fixture.notice",
+                        &rendered,
+                        &serde_json::json!({}),
+                        true,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/notifications/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
             resource: "session",
             create: Arc::new(|state: AppState, scope| {
                 Box::pin(async move {
