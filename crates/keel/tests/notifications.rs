@@ -466,11 +466,23 @@ async fn an_smtp_outage_longer_than_the_attempts_ends_dead_and_says_why() {
     let d = delivery_until(&app, &me, &id, "email", &["dead"]).await;
     assert_eq!(d["attempts"], 3);
     assert!(d["detail"].as_str().unwrap_or("").contains("421"), "{d}");
+    // The job itself lands in the dead letter (recorded just after the handler returns).
     let job = d["job_id"].as_str().expect("job id");
-    let r = app
-        .get_as(&format!("/api/v1/jobs/{job}"), &me.access_token)
-        .await;
-    assert_eq!(json_of(r).await["status"], "dead");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = app
+            .get_as(&format!("/api/v1/jobs/{job}"), &me.access_token)
+            .await;
+        let status = json_of(r).await["status"].clone();
+        if status == "dead" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job stuck at {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What the fake provider received: the Authorization header and the form fields.
