@@ -680,3 +680,33 @@ async fn signing_out_ends_open_streams_and_the_tickets_issued_before() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_cookie_signed_websocket_from_another_site_is_refused() {
+    let app = builder().spawn().await.expect("app");
+    let me = app
+        .register_org("rt-origin@example.com", "Origin Org")
+        .await;
+    let q = format!("channels=user:{}", me.user_id);
+    let attempt = |origin: String| {
+        let url = ws_url(&app, &q);
+        let cookie = format!("keel_access={}", me.access_token);
+        async move {
+            let mut request = url.into_client_request().expect("request");
+            request
+                .headers_mut()
+                .insert("cookie", cookie.parse().expect("cookie"));
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().expect("origin"));
+            tokio_tungstenite::connect_async(request).await.map(|_| ())
+        }
+    };
+    match attempt("https://evil.example".into()).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("a foreign origin was not refused: {other:?}"),
+    }
+    attempt(format!("http://{}", app.addr))
+        .await
+        .expect("our own origin opens");
+}

@@ -45,7 +45,13 @@ impl axum::extract::FromRequestParts<AppState> for Listener {
         if let Some(ticket) = ticket {
             return redeem(state, &ticket).await;
         }
+        let by_header = parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
         let SignedIn(p) = SignedIn::from_request_parts(parts, state).await?;
+        if !by_header {
+            same_origin(parts, state)?;
+        }
         Ok(Listener {
             org_id: p.org_id,
             user_id: p.user_id,
@@ -53,6 +59,40 @@ impl axum::extract::FromRequestParts<AppState> for Listener {
             permissions: p.permissions().into_iter().map(String::from).collect(),
             credential: Some(p.credential.clone()),
         })
+    }
+}
+
+/// A connection authenticated by the session cookie must come from one of our own origins:
+/// browsers send cookies on cross-site WebSocket handshakes, and CORS does not stop a page
+/// elsewhere from reading the socket (cross-site WebSocket hijacking).
+fn same_origin(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = parts
+        .headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        // Not a browser (browsers always send Origin on WebSocket and cross-origin requests).
+        return Ok(());
+    };
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+    let listed = state
+        .config
+        .cors_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin));
+    if own || listed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "a cookie-authenticated realtime connection from another origin is refused; use a ticket",
+        ))
     }
 }
 
