@@ -710,3 +710,66 @@ async fn a_cookie_signed_websocket_from_another_site_is_refused() {
         .await
         .expect("our own origin opens");
 }
+
+/// A rough figure, not a check: resident memory per idle WebSocket connection, server and
+/// client together (both live in this process). Run with
+/// `cargo test --release -p keel --test realtime -- --ignored --nocapture memory_per_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn memory_per_idle_websocket_connection() {
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+    let app = builder()
+        .configure(|c| c.realtime.max_connections = 0)
+        .spawn()
+        .await
+        .expect("app");
+    let me = app.register_org("rt-mem@example.com", "Mem Org").await;
+    let q = format!("channels=user:{},org:{}", me.user_id, me.org_id);
+    // Warm up allocators and pools.
+    let mut sockets = Vec::new();
+    for _ in 0..100 {
+        sockets.push(
+            ws_connect(&app, &q, Some(&me.access_token))
+                .await
+                .expect("ws"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = 4000usize;
+    let before = rss_kib();
+    for _ in 0..n {
+        // The client side kept small too, so the figure is mostly the server's.
+        let mut request = ws_url(&app, &q).into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", me.access_token)
+                .parse()
+                .expect("header"),
+        );
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+            .await
+            .expect("ws");
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib();
+    println!(
+        "{n} idle WebSocket connections: {} KiB resident, {:.1} KiB per connection (server + client)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    assert_eq!(app.state.realtime.connection_count(), n + 100);
+}

@@ -296,6 +296,14 @@ pub async fn realtime_ws(
         .detail("open this route as a WebSocket, or use /api/v1/realtime/sse or /poll")
     })?;
     let (sub, guard) = open(&state, &who, &q.channels, "ws").await?;
+    // Clients only answer pings: small read buffers and frame limits keep an idle
+    // connection cheap (tungstenite's defaults are 128 KiB per buffer) and bound what a
+    // client can make the server hold; each message is written out at once.
+    let upgrade = upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024);
     Ok(upgrade
         .on_upgrade(move |socket| ws_session(state, who, sub, after, socket, guard))
         .into_response())
