@@ -206,15 +206,12 @@ async fn notify(app: &TestApp, who: &Session, n: u32) -> Value {
 
 async fn publish(app: &TestApp, org: Uuid, channel: &Channel, data: Value) -> String {
     let scope = TenantScope::for_tests(org);
-    let mut tx = app.state.db.begin().await.expect("tx");
-    let m = app
-        .state
+    app.state
         .realtime
-        .publish(&mut tx, &scope, channel, "test.message", data)
+        .publish_now(&app.state.db, &scope, channel, "test.message", data)
         .await
-        .expect("publish");
-    tx.commit().await.expect("commit");
-    m.id
+        .expect("publish")
+        .id
 }
 
 #[tokio::test]

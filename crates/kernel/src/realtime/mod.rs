@@ -349,6 +349,22 @@ impl Realtime {
             .await
     }
 
+    /// [`Realtime::publish`] in a transaction of its own, for messages that accompany no
+    /// write (a progress report, a presence change).
+    pub async fn publish_now(
+        &self,
+        db: &Db,
+        scope: &TenantScope,
+        channel: &Channel,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Message, StoreError> {
+        let mut tx = db.begin().await?;
+        let message = self.publish(&mut tx, scope, channel, kind, data).await?;
+        tx.commit().await?;
+        Ok(message)
+    }
+
     pub(crate) async fn publish_from(
         &self,
         tx: &mut Tx,

@@ -453,9 +453,15 @@ pub async fn realtime_sse(
         done: false,
         _guard: guard,
     });
-    Ok(Sse::new(stream)
+    let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(heartbeat))
-        .into_response())
+        .into_response();
+    // Reverse proxies (nginx) would otherwise buffer the stream.
+    response.headers_mut().insert(
+        axum::http::HeaderName::from_static("x-accel-buffering"),
+        axum::http::HeaderValue::from_static("no"),
+    );
+    Ok(response)
 }
 
 struct SseState {
