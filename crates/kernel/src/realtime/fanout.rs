@@ -22,9 +22,9 @@ const NOTIFY_MAX: usize = 7900;
 const REDIS_MAX: usize = 64 * 1024;
 
 #[derive(Clone)]
-pub enum Fanout {
+pub(crate) enum Fanout {
     Redis {
-        url: String,
+        url: crate::config::Secret,
         conn: redis::aio::ConnectionManager,
         channel: String,
     },
@@ -77,7 +77,7 @@ impl Fanout {
     ) -> Self {
         match (redis, &config.redis_url) {
             (Some(conn), Some(url)) => Fanout::Redis {
-                url: url.expose().to_string(),
+                url: url.clone(),
                 conn,
                 channel: format!("keel:{installation_id}:realtime"),
             },
@@ -135,7 +135,11 @@ impl Fanout {
     /// The task that hears other nodes' signals, if this fan-out has one.
     pub(crate) fn listen(&self, hub: Arc<Hub>) -> Option<futures::future::BoxFuture<'static, ()>> {
         match self.clone() {
-            Fanout::Redis { url, channel, .. } => Some(Box::pin(listen_redis(url, channel, hub))),
+            Fanout::Redis { url, channel, .. } => Some(Box::pin(listen_redis(
+                url.expose().to_string(),
+                channel,
+                hub,
+            ))),
             Fanout::Postgres {
                 db: Db::Postgres(pool),
                 channel,

@@ -56,7 +56,7 @@ use crate::state::AppState;
 use crate::store::{Db, StoreError, Tx, now};
 use crate::tenancy::TenantScope;
 
-pub use fanout::Fanout;
+use fanout::Fanout;
 pub use hub::Hub;
 
 /// `[realtime]`: connections, buffers, heartbeats and the resume window.
