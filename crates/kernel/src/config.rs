@@ -119,6 +119,12 @@ pub struct Config {
     pub files: crate::storage::FilesConfig,
     /// `[extraction]`: document extraction engines, limits and the confidence threshold.
     pub extraction: crate::extract::ExtractionConfig,
+    /// `[realtime]`: connections, buffers, heartbeats and the resume window.
+    pub realtime: crate::realtime::RealtimeConfig,
+    /// `[smtp]`: the email transport for notifications (unset host = email disabled).
+    pub smtp: crate::notify::SmtpConfig,
+    /// `[sms]`: a Twilio-compatible SMS API (unset base_url = SMS disabled).
+    pub sms: crate::notify::SmsConfig,
 }
 
 impl Default for Config {
@@ -147,6 +153,9 @@ impl Default for Config {
             webhooks: Default::default(),
             files: crate::storage::FilesConfig::default(),
             extraction: crate::extract::ExtractionConfig::default(),
+            realtime: crate::realtime::RealtimeConfig::default(),
+            smtp: crate::notify::SmtpConfig::default(),
+            sms: crate::notify::SmsConfig::default(),
         }
     }
 }
@@ -819,6 +828,9 @@ impl Config {
                 .value_problems(self.http.body_limit_bytes, self.is_production()),
         );
         problems.extend(self.extraction.value_problems());
+        problems.extend(self.realtime.value_problems());
+        problems.extend(self.smtp.value_problems(self.is_production()));
+        problems.extend(self.sms.value_problems(self.is_production()));
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

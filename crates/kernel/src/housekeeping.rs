@@ -43,7 +43,11 @@ pub fn job() -> JobDefinition {
         let pruned = crate::audit::prune(&ctx.state.db, &ctx.state.config.audit, now())
             .await
             .map_err(|e| JobError::Retry(e.into()))?;
-        tracing::info!(?swept, ?pruned, "housekeeping done");
+        let realtime =
+            crate::realtime::store::prune(&ctx.state.db, ctx.state.config.realtime.retention_secs)
+                .await
+                .map_err(|e| JobError::Retry(e.into()))?;
+        tracing::info!(?swept, ?pruned, ?realtime, "housekeeping done");
         Ok::<_, JobError>(swept)
     })
 }

@@ -15,6 +15,8 @@
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`storage`] — uploaded files, content-addressed per organization (local or S3);
 //! - [`extract`] — document extraction (OCR) of invoices and trade documents;
+//! - [`realtime`] — live messages over WebSocket, SSE and long-poll, fanned out across nodes;
+//! - [`notify`] — notifications: in-app, email and SMS, per-user preferences;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
@@ -33,9 +35,11 @@ pub mod mail;
 pub mod metrics;
 pub mod module;
 pub mod money;
+pub mod notify;
 pub mod observe;
 pub mod ops;
 pub mod partners;
+pub mod realtime;
 pub mod redact;
 pub mod server;
 pub mod state;

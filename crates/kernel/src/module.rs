@@ -198,6 +198,26 @@ pub trait Module: Send + Sync + 'static {
     fn fixtures(&self) -> Vec<Fixture> {
         Vec::new()
     }
+
+    /// Resource channel families this module serves (e.g. `orders:<id>`), each with who may
+    /// subscribe (see [`crate::realtime`]).
+    fn realtime_channels(&self) -> Vec<crate::realtime::ChannelDefinition> {
+        Vec::new()
+    }
+
+    /// The channels a committed audit event is published on (the outbox relay calls this for
+    /// every event of every module; return nothing for events this module does not map).
+    fn realtime_channels_for(
+        &self,
+        _event: &crate::audit::AuditEvent,
+    ) -> Vec<crate::realtime::Channel> {
+        Vec::new()
+    }
+
+    /// Notification types this module sends, with their templates (see [`crate::notify`]).
+    fn notification_types(&self) -> Vec<crate::notify::NotificationType> {
+        Vec::new()
+    }
 }
 
 /// The enabled modules, checked for consistency.
@@ -252,6 +272,8 @@ impl Registry {
             .collect();
         let mut job_types = HashSet::new();
         let mut schedules = HashSet::new();
+        let mut channel_prefixes: HashSet<&str> = ["user", "org"].into_iter().collect();
+        let mut notification_types = HashSet::new();
         for m in &enabled {
             if !names.insert(m.name()) {
                 problems.push(format!("module `{}` is listed twice", m.name()));
@@ -298,6 +320,26 @@ impl Registry {
                         j.job_type
                     ));
                 }
+            }
+            for c in m.realtime_channels() {
+                if crate::realtime::Channel::parse(&format!("{}:x", c.prefix)).is_err() {
+                    problems.push(format!(
+                        "realtime channel prefix `{}` is not lowercase letters, digits, _ - :",
+                        c.prefix
+                    ));
+                }
+                if !channel_prefixes.insert(c.prefix) {
+                    problems.push(format!(
+                        "realtime channel prefix `{}` is reserved or defined twice",
+                        c.prefix
+                    ));
+                }
+            }
+            for t in m.notification_types() {
+                if !notification_types.insert(t.name) {
+                    problems.push(format!("notification type `{}` is defined twice", t.name));
+                }
+                problems.extend(t.problems());
             }
             for s in m.schedules() {
                 if !schedules.insert(s.name) {
@@ -369,6 +411,33 @@ impl Registry {
         self.modules
             .iter()
             .flat_map(|m| m.document_fields())
+            .collect()
+    }
+
+    /// Every resource channel family of the enabled modules.
+    pub fn realtime_channels(&self) -> Vec<crate::realtime::ChannelDefinition> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.realtime_channels())
+            .collect()
+    }
+
+    /// The channels every enabled module maps an audit event to.
+    pub fn realtime_channels_for(
+        &self,
+        event: &crate::audit::AuditEvent,
+    ) -> Vec<crate::realtime::Channel> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.realtime_channels_for(event))
+            .collect()
+    }
+
+    /// Every notification type of the enabled modules.
+    pub fn notification_types(&self) -> Vec<crate::notify::NotificationType> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.notification_types())
             .collect()
     }
 

@@ -36,9 +36,10 @@ impl Module for KernelModule {
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
             crate::migration!(5, "0005_audit", "migrations"),
+            crate::migration!(6, "0006_realtime", "migrations"),
             crate::migration!(7, "0007_integrations", "migrations"),
-            crate::migration!(10, "0010_job_stats", "migrations"),
             crate::migration!(8, "0008_extraction", "migrations"),
+            crate::migration!(10, "0010_job_stats", "migrations"),
         ]
     }
 
@@ -56,12 +57,47 @@ impl Module for KernelModule {
             .merge(crate::integrations::router())
             .merge(crate::storage::routes::router())
             .merge(crate::extract::routes::router())
+            .merge(crate::realtime::routes::router())
+            .merge(crate::notify::routes::router())
     }
 
     fn jobs(&self) -> Vec<crate::jobs::JobDefinition> {
         let mut jobs = vec![crate::housekeeping::job(), crate::extract::job()];
         jobs.extend(crate::integrations::jobs());
+        jobs.extend(crate::notify::delivery::jobs());
         jobs
+    }
+
+    fn realtime_channels(&self) -> Vec<crate::realtime::ChannelDefinition> {
+        // `partners:<id>`: a business partner's changes, for whoever may read it.
+        vec![
+            crate::realtime::ChannelDefinition::new(
+                "partners",
+                |state: AppState, scope, id: String| async move {
+                    let Ok(id) = Uuid::try_parse(&id) else {
+                        return Ok(false);
+                    };
+                    match crate::partners::store::get_db(&state.db, &scope, id).await {
+                        Ok(_) => Ok(true),
+                        Err(StoreError::NotFound) => Ok(false),
+                        Err(e) => Err(e.into()),
+                    }
+                },
+            )
+            .permission("partners.read"),
+        ]
+    }
+
+    fn realtime_channels_for(
+        &self,
+        event: &crate::audit::AuditEvent,
+    ) -> Vec<crate::realtime::Channel> {
+        match (event.resource_type.as_str(), &event.resource_id) {
+            ("partner", Some(id)) => crate::realtime::Channel::resource("partners", id)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn schedules(&self) -> Vec<crate::jobs::ScheduleDefinition> {
@@ -216,6 +252,43 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
     checks.insert("redis", check_redis(&state).await);
     checks.insert("llm", check_llm(&state));
     checks.insert("extraction", check_extraction(&state));
+    checks.insert(
+        "email",
+        channel_check(
+            state.notify.email.as_ref().map(|_| {
+                let s = &state.config.smtp;
+                format!(
+                    "smtp {}:{} (not probed)",
+                    s.host.as_deref().unwrap_or(""),
+                    s.port
+                )
+            }),
+            "no SMTP host configured (KEEL_SMTP__HOST); email notifications are skipped",
+        ),
+    );
+    checks.insert(
+        "sms",
+        channel_check(
+            state
+                .notify
+                .sms
+                .as_ref()
+                .map(|_| "provider configured (not probed)".to_string()),
+            "no SMS provider configured (KEEL_SMS__BASE_URL); SMS notifications are skipped",
+        ),
+    );
+    checks.insert(
+        "realtime",
+        Check {
+            status: "up",
+            latency_ms: None,
+            detail: Some(format!(
+                "fan-out {}, {} connection(s)",
+                state.realtime.fanout_name(),
+                state.realtime.connection_count()
+            )),
+        },
+    );
     let ready = checks.values().all(|c| c.status != "down");
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
@@ -238,6 +311,23 @@ pub async fn readiness(State(state): State<AppState>) -> Response {
         .extensions_mut()
         .insert(crate::http::error::DeliberateBody);
     response
+}
+
+/// A notification channel: `up` when a provider is configured, else `disabled` (which does
+/// not make the node unready: those deliveries are recorded as skipped).
+fn channel_check(configured: Option<String>, disabled: &str) -> Check {
+    match configured {
+        Some(detail) => Check {
+            status: "up",
+            latency_ms: None,
+            detail: Some(detail),
+        },
+        None => Check {
+            status: "disabled",
+            latency_ms: None,
+            detail: Some(disabled.to_string()),
+        },
+    }
 }
 
 async fn check_database(state: &AppState) -> Check {
@@ -554,6 +644,36 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                     tx.commit().await?;
                     Ok(FixtureResource {
                         paths: vec![format!("/api/v1/extractions/{id}")],
+                    })
+                })
+            }),
+        },
+        Fixture {
+            resource: "notification",
+            create: Arc::new(|state: AppState, scope| {
+                Box::pin(async move {
+                    let mut tx = state.db.begin().await?;
+                    let owner = fixture_user_row(&mut tx, &scope).await?;
+                    let id = Uuid::now_v7();
+                    let rendered = crate::notify::Rendered {
+                        title: "Fixture".into(),
+                        text: "A fixture notification".into(),
+                        html: None,
+                    };
+                    crate::notify::store::insert_notification(
+                        &mut tx,
+                        &scope,
+                        id,
+                        owner.id,
+                        "fixture.notice",
+                        &rendered,
+                        &serde_json::json!({}),
+                        true,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(FixtureResource {
+                        paths: vec![format!("/api/v1/notifications/{id}")],
                     })
                 })
             }),

@@ -110,8 +110,12 @@ async fn prepare(
         None => None,
     };
 
-    let mailer: Arc<dyn crate::mail::Mailer> =
-        Arc::new(crate::mail::FileMailer::new(config.data_dir.join("mail")));
+    let notify = Arc::new(crate::notify::Notifier::new(&config, &registry)?);
+    // Account mails go over SMTP when it is configured, else into files for a developer.
+    let mailer: Arc<dyn crate::mail::Mailer> = match &notify.email {
+        Some(smtp) => crate::notify::delivery::as_mailer(smtp),
+        None => Arc::new(crate::mail::FileMailer::new(config.data_dir.join("mail"))),
+    };
     let auth = Arc::new(crate::auth::AuthRuntime::new(&config, &registry, mailer)?);
     auth.revocations.load(&db).await?;
 
@@ -155,6 +159,21 @@ async fn prepare(
         &registry,
         vec![vision],
     )?);
+    let realtime = Arc::new(crate::realtime::Realtime::new(
+        &config,
+        &db,
+        &registry,
+        redis.clone(),
+        installation_id,
+    ));
+    let audit = Arc::new(crate::audit::AuditRuntime::default());
+    audit
+        .bus
+        .register(Arc::new(crate::realtime::AuditToRealtime {
+            db: db.clone(),
+            registry: registry.clone(),
+            realtime: realtime.clone(),
+        }));
 
     let state = AppState::new(AppInner {
         config: config.clone(),
@@ -164,8 +183,10 @@ async fn prepare(
         limits,
         route_policies,
         auth,
-        audit: Arc::new(crate::audit::AuditRuntime::default()),
         integrations,
+        audit,
+        realtime,
+        notify,
         jobs,
         files,
         extractor,
@@ -372,6 +393,13 @@ impl Application {
         };
         crate::metrics::handle();
         let upkeep = AbortOnDrop(tokio::spawn(crate::metrics::upkeep_forever()));
+        let realtime: Vec<AbortOnDrop<()>> = self
+            .state
+            .realtime
+            .start()
+            .into_iter()
+            .map(AbortOnDrop)
+            .collect();
         let (relay_stop, relay_stopped) = tokio::sync::watch::channel(false);
         let relay = AbortOnDrop(tokio::spawn(crate::audit::outbox::run_relay(
             self.state.db.clone(),
@@ -409,6 +437,9 @@ impl Application {
                 grace_secs = grace.as_secs(),
                 "shutdown requested: no longer accepting; draining requests and running jobs"
             );
+            // Long-lived realtime streams would hold the drain to its end: close them now
+            // (clients reconnect to another node and resume from their last id).
+            self.state.realtime.close_all();
             handle.graceful_shutdown(Some(grace));
             let http = async {
                 (&mut server.0)
@@ -425,6 +456,7 @@ impl Application {
         };
         drop(sync);
         drop(upkeep);
+        drop(realtime);
         // The relay makes a last pass for what committed before shutdown; a bounded wait,
         // since whatever it leaves is delivered by the next node to run.
         let _ = relay_stop.send(true);

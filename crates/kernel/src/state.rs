@@ -36,6 +36,10 @@ pub struct AppInner {
     pub files: crate::storage::Files,
     /// Document extraction: the engines in order and the known document types.
     pub extractor: Arc<crate::extract::Extractor>,
+    /// The realtime hub: publish live messages (`state.realtime.publish(&mut tx, …)`).
+    pub realtime: Arc<crate::realtime::Realtime>,
+    /// Notification types, templates and the email/SMS transports.
+    pub notify: Arc<crate::notify::Notifier>,
     /// The OpenAPI document of every enabled route, rendered once at start-up.
     pub openapi_json: bytes::Bytes,
     /// The deployment's identity, recorded in the database at first start.

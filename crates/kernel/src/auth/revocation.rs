@@ -120,6 +120,14 @@ impl Revocations {
                 .is_some_and(|(before, _)| claims.ims.unwrap_or(claims.iat * 1000) < *before)
     }
 
+    /// Whether a session or one of its access tokens was revoked: long-lived connections
+    /// (realtime streams) ask again while they stay open.
+    pub fn refuses_session(&self, session_id: Uuid, jti: Uuid) -> bool {
+        self.state.read().map_or(true, |s| {
+            s.sessions.contains_key(&session_id) || s.tokens.contains_key(&jti)
+        })
+    }
+
     pub fn refuses_api_key(&self, id: Uuid) -> bool {
         self.state
             .read()
