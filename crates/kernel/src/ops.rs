@@ -36,7 +36,12 @@ impl Module for KernelModule {
             crate::migration!(3, "0003_jobs", "migrations"),
             crate::migration!(4, "0004_idempotency", "migrations"),
             crate::migration!(5, "0005_audit", "migrations"),
+            crate::migration!(9, "0009_keys", "migrations"),
         ]
+    }
+
+    fn encrypted_columns(&self) -> Vec<crate::crypto::keys::EncryptedTable> {
+        crate::crypto::keys::kernel_encrypted_columns()
     }
 
     fn routes(&self) -> ModuleRouter {

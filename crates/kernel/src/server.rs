@@ -145,6 +145,7 @@ async fn prepare(
         registry,
         limits,
         route_policies,
+        crypto: auth.keyring.clone(),
         auth,
         audit: Arc::new(crate::audit::AuditRuntime::default()),
         jobs,
