@@ -113,6 +113,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[audit]`: retention, the outbox relay and exports.
     pub audit: crate::audit::AuditConfig,
+    /// `[cache]`: the shared cache (`KEEL_CACHE__MAX_ENTRIES`, `KEEL_CACHE__REDIS`).
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl Default for Config {
@@ -137,6 +139,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             scheduler: SchedulerConfig::default(),
             audit: crate::audit::AuditConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
         }
     }
 }
@@ -793,6 +796,7 @@ impl Config {
         // Policy names are checked at start-up, once every module's policies are known.
         problems.extend(self.rate_limits.value_problems());
         problems.extend(self.audit.value_problems());
+        problems.extend(self.cache.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

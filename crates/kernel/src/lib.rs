@@ -10,13 +10,15 @@
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
 //! - [`audit`] — the append-only, hash-chained audit trail and its transactional outbox;
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
-//! - [`crypto`] — field encryption; [`mail`] — the mail seam;
+//! - [`crypto`] — field encryption, blind indexes, key rotation; [`mail`] — the mail seam;
+//! - [`cache`] — the shared cache (in process and Redis, tenant-keyed, invalidated on every node);
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`observe`] — logging;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod housekeeping;

@@ -138,6 +138,8 @@ async fn prepare(
     );
     let jobs = Jobs::new(&registry, &config.jobs);
 
+    let node_id = uuid::Uuid::now_v7();
+    let cache = crate::cache::Caches::new(&config.cache, redis.clone(), node_id);
     let state = AppState::new(AppInner {
         config: config.clone(),
         db,
@@ -146,12 +148,13 @@ async fn prepare(
         limits,
         route_policies,
         crypto: auth.keyring.clone(),
+        cache,
         auth,
         audit: Arc::new(crate::audit::AuditRuntime::default()),
         jobs,
         openapi_json,
         installation_id,
-        node_id: uuid::Uuid::now_v7(),
+        node_id,
         started_at: Instant::now(),
     });
     Ok((state, router))
@@ -333,6 +336,11 @@ impl Application {
                 .map(|u| u.expose().to_string()),
             crate::auth::revocation_poll(&self.state.config),
         )));
+        let _cache_listener = self.state.config.redis_url.as_ref().map(|url| {
+            AbortOnDrop(tokio::spawn(
+                self.state.cache.clone().listen(url.expose().to_string()),
+            ))
+        });
         let stopped_at = tokio::select! {
             result = &mut server.0 => {
                 result.context("server task failed")?.context("server failed")?;
