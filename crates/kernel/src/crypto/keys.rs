@@ -515,9 +515,10 @@ async fn rotate_column(
         for row in &rows {
             let ctx = c.context(t.table, row.org, row.id);
             let plain = match ciphertext_kid(&row.value) {
-                None if c.legacy_plaintext => Ok(row.value.clone()),
+                None if c.legacy_plaintext => Ok(row.value.clone().into_bytes()),
                 None => Err(CryptoError::Malformed),
-                Some(_) => ring.decrypt_str(&row.value, &ctx),
+                // Bytes, not text: some columns hold binary secrets (TOTP).
+                Some(_) => ring.decrypt(&row.value, &ctx),
             };
             let plain = match plain {
                 Ok(p) => p,
@@ -543,14 +544,19 @@ async fn rotate_column(
                 }
             };
             let sealed = ring
-                .encrypt_str(&plain, &ctx)
+                .encrypt(&plain, &ctx)
                 .map_err(|e| StoreError::Other(anyhow::anyhow!("cannot encrypt: {e}")))?;
             let mut values = vec![(c.name, sealed.into())];
             if let Some(index) = c.blind_index {
                 values.push((
                     index,
-                    ring.blind_index_raw(row.org, t.table, c.name, &plain)
-                        .into(),
+                    ring.blind_index_raw(
+                        row.org,
+                        t.table,
+                        c.name,
+                        &String::from_utf8_lossy(&plain),
+                    )
+                    .into(),
                 ));
             }
             let changed = tx
