@@ -62,6 +62,10 @@ fn describe() {
         "keel_rate_limit_decisions_total",
         "Rate-limit decisions by policy and outcome"
     );
+    metrics::describe_counter!(
+        "keel_cache_requests_total",
+        "Shared cache lookups by cache and result (hit, remote_hit, miss)"
+    );
     metrics::describe_gauge!(
         "keel_db_pool_connections",
         "Database pool connections by state"

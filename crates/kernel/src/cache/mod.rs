@@ -177,6 +177,22 @@ trait LocalCache: Send + Sync {
 struct Entry<V> {
     value: V,
     tags: Box<[String]>,
+    /// How long this node keeps it: the cache's TTL, or what is left of it in Redis for a
+    /// value another node loaded (so no node serves a value longer than the TTL).
+    ttl: Duration,
+}
+
+struct EntryExpiry;
+
+impl<V> moka::Expiry<String, Arc<Entry<V>>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Entry<V>>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 struct Core<V> {
@@ -298,7 +314,7 @@ impl Caches {
             global,
             local: moka::future::Cache::builder()
                 .max_capacity(self.shared.max_entries)
-                .time_to_live(ttl)
+                .expire_after(EntryExpiry)
                 .support_invalidation_closures()
                 .build(),
             shared: self.shared.clone(),
@@ -437,11 +453,12 @@ where
             .local
             .entry(key.to_string())
             .or_try_insert_with(async {
-                if let Some(value) = self.remote_get(key).await {
+                if let Some((value, left)) = self.remote_get(key).await {
                     source = "remote_hit";
                     return Ok(Arc::new(Entry {
                         value,
                         tags: tags.into_boxed_slice(),
+                        ttl: left.min(self.ttl),
                     }));
                 }
                 let value = load().await?;
@@ -449,6 +466,7 @@ where
                 Ok(Arc::new(Entry {
                     value,
                     tags: tags.into_boxed_slice(),
+                    ttl: self.ttl,
                 }))
             })
             .await?;
@@ -456,13 +474,18 @@ where
         Ok(entry.into_value().value.clone())
     }
 
-    async fn remote_get(&self, key: &str) -> Option<V> {
+    /// The value in Redis and how long it has left.
+    async fn remote_get(&self, key: &str) -> Option<(V, Duration)> {
         if !self.shared.redis_values {
             return None;
         }
         let mut conn = self.shared.redis.clone()?;
-        let raw: Option<String> = match redis::cmd("GET")
-            .arg(self.redis_key(key))
+        let redis_key = self.redis_key(key);
+        let (raw, left_ms): (Option<String>, i64) = match redis::pipe()
+            .cmd("GET")
+            .arg(&redis_key)
+            .cmd("PTTL")
+            .arg(&redis_key)
             .query_async(&mut conn)
             .await
         {
@@ -472,7 +495,10 @@ where
                 return None;
             }
         };
-        raw.and_then(|s| serde_json::from_str(&s).ok())
+        // PTTL is negative when the key is gone or has no expiry (never set by Keel).
+        let left = Duration::from_millis(u64::try_from(left_ms).ok().filter(|ms| *ms > 0)?);
+        let value = serde_json::from_str(&raw?).ok()?;
+        Some((value, left))
     }
 
     async fn remote_put(&self, key: &str, tags: &[String], value: &V) {
@@ -485,18 +511,20 @@ where
         let Ok(json) = serde_json::to_string(value) else {
             return;
         };
-        let ttl = self.ttl.as_secs().max(1);
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.redis_key(key))
             .arg(json)
-            .arg("EX")
-            .arg(ttl)
+            .arg("PX")
+            .arg(ttl_ms)
             .ignore();
         for t in tags {
             let set = self.redis_tag(t);
             pipe.cmd("SADD").arg(&set).arg(key).ignore();
-            pipe.cmd("EXPIRE").arg(&set).arg(ttl).ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).ignore();
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             tracing::warn!(cache = %self.name, error = %e, "cache: Redis write failed");
