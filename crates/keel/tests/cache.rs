@@ -140,17 +140,29 @@ async fn a_tag_drops_its_organizations_tagged_entries_only() {
     let a2 = CacheKey::org(&a, &["dashboard", "month"]);
     let a_other = CacheKey::org(&a, &["profile"]);
     let b1 = CacheKey::org(&b, &["dashboard", "today"]);
-    assert_eq!(get(&c, &a1, &[a_dash.clone()], &loader, "a1").await, "a1#1");
-    assert_eq!(get(&c, &a2, &[a_dash.clone()], &loader, "a2").await, "a2#2");
+    assert_eq!(
+        get(&c, &a1, std::slice::from_ref(&a_dash), &loader, "a1").await,
+        "a1#1"
+    );
+    assert_eq!(
+        get(&c, &a2, std::slice::from_ref(&a_dash), &loader, "a2").await,
+        "a2#2"
+    );
     assert_eq!(get(&c, &a_other, &[], &loader, "ao").await, "ao#3");
     assert_eq!(
-        get(&c, &b1, &[b_dash.clone()], &loader, "b1").await,
+        get(&c, &b1, std::slice::from_ref(&b_dash), &loader, "b1").await,
         "b1#4",
         "the same key parts in another organization are another entry"
     );
     c.invalidate_tag(&a_dash).await;
-    assert_eq!(get(&c, &a1, &[a_dash.clone()], &loader, "a1").await, "a1#5");
-    assert_eq!(get(&c, &a2, &[a_dash.clone()], &loader, "a2").await, "a2#6");
+    assert_eq!(
+        get(&c, &a1, std::slice::from_ref(&a_dash), &loader, "a1").await,
+        "a1#5"
+    );
+    assert_eq!(
+        get(&c, &a2, std::slice::from_ref(&a_dash), &loader, "a2").await,
+        "a2#6"
+    );
     assert_eq!(
         get(&c, &a_other, &[], &loader, "ao").await,
         "ao#3",
@@ -199,9 +211,12 @@ async fn two_nodes_share_values_and_invalidations_through_redis() {
     let key = CacheKey::org(&scope, &["forex", "latest"]);
     let tag = Tag::org(&scope, "forex");
     let (la, lb) = (Loader::default(), Loader::default());
-    assert_eq!(get(&ca, &key, &[tag.clone()], &la, "a").await, "a#1");
     assert_eq!(
-        get(&cb, &key, &[tag.clone()], &lb, "b").await,
+        get(&ca, &key, std::slice::from_ref(&tag), &la, "a").await,
+        "a#1"
+    );
+    assert_eq!(
+        get(&cb, &key, std::slice::from_ref(&tag), &lb, "b").await,
         "a#1",
         "node B is served what node A loaded"
     );
@@ -212,7 +227,7 @@ async fn two_nodes_share_values_and_invalidations_through_redis() {
     ca.invalidate(&key).await;
     let start = Instant::now();
     loop {
-        let v = get(&cb, &key, &[tag.clone()], &lb, "b").await;
+        let v = get(&cb, &key, std::slice::from_ref(&tag), &lb, "b").await;
         if v != "a#1" {
             assert_eq!(v, "b#1");
             break;
@@ -221,13 +236,16 @@ async fn two_nodes_share_values_and_invalidations_through_redis() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A reads B's new value from Redis once its own copy is gone.
-    assert_eq!(get(&ca, &key, &[tag.clone()], &la, "a").await, "b#1");
+    assert_eq!(
+        get(&ca, &key, std::slice::from_ref(&tag), &la, "a").await,
+        "b#1"
+    );
 
     // Invalidation by tag on B reaches A.
     cb.invalidate_tag(&tag).await;
     let start = Instant::now();
     loop {
-        let v = get(&ca, &key, &[tag.clone()], &la, "a").await;
+        let v = get(&ca, &key, std::slice::from_ref(&tag), &la, "a").await;
         if v != "b#1" {
             assert_eq!(v, "a#2");
             break;

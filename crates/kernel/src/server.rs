@@ -178,6 +178,12 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ShutdownReport> {
     let (state, _router) = prepare(config, modules).await?;
+    // Jobs may use the shared cache: other nodes' invalidations must reach this one too.
+    let _cache_listener = state.config.redis_url.as_ref().map(|url| {
+        AbortOnDrop(tokio::spawn(
+            state.cache.clone().listen(url.expose().to_string()),
+        ))
+    });
     let runtime = Runtime::start(
         &state,
         RuntimeOptions {

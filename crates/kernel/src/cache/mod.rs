@@ -215,7 +215,7 @@ impl<V: Clone + Send + Sync + 'static> LocalCache for Core<V> {
         // did, dropping everything is the safe fallback.
         if self
             .local
-            .invalidate_entries_if(move |_, e| e.tags.iter().any(|t| *t == tag))
+            .invalidate_entries_if(move |_, e| e.tags.contains(&tag))
             .is_err()
         {
             self.local.invalidate_all();
@@ -227,6 +227,9 @@ impl<V: Clone + Send + Sync + 'static> LocalCache for Core<V> {
     }
 }
 
+/// A declared cache: for invalidations, and as itself (to hand it out again by name).
+type Registered = (Arc<dyn LocalCache>, Arc<dyn Any + Send + Sync>);
+
 /// Shared between the caches of one process and the invalidation listener.
 struct Shared {
     node: Uuid,
@@ -235,7 +238,7 @@ struct Shared {
     redis: Option<redis::aio::ConnectionManager>,
     /// Whether values are stored in Redis (invalidations use it whenever it is configured).
     redis_values: bool,
-    caches: Mutex<HashMap<String, (Arc<dyn LocalCache>, Arc<dyn Any + Send + Sync>)>>,
+    caches: Mutex<HashMap<String, Registered>>,
     listening: AtomicBool,
 }
 
