@@ -92,6 +92,10 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
     /// `KEEL_ENCRYPTION_KEY`: the field-encryption key, 64 hex characters (32 bytes).
     pub encryption_key: Option<Secret>,
+    /// `KEEL_PREVIOUS_ENCRYPTION_KEYS`: older field-encryption keys, kept only to decrypt what
+    /// they encrypted until `keel keys rotate` has re-encrypted it (comma separated or a list).
+    #[serde(deserialize_with = "secret_list")]
+    pub previous_encryption_keys: Vec<Secret>,
     /// `KEEL_CORS_ORIGINS`: allowed browser origins, comma separated; empty = same-origin only.
     #[serde(deserialize_with = "string_or_list")]
     pub cors_origins: Vec<String>,
@@ -125,6 +129,8 @@ pub struct Config {
     pub smtp: crate::notify::SmtpConfig,
     /// `[sms]`: a Twilio-compatible SMS API (unset base_url = SMS disabled).
     pub sms: crate::notify::SmsConfig,
+    /// `[cache]`: the shared cache (`KEEL_CACHE__MAX_ENTRIES`, `KEEL_CACHE__REDIS`).
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl Default for Config {
@@ -137,6 +143,7 @@ impl Default for Config {
             redis_url: None,
             jwt_secret: None,
             encryption_key: None,
+            previous_encryption_keys: Vec::new(),
             cors_origins: Vec::new(),
             disabled_modules: Vec::new(),
             database: DatabaseConfig::default(),
@@ -156,6 +163,7 @@ impl Default for Config {
             realtime: crate::realtime::RealtimeConfig::default(),
             smtp: crate::notify::SmtpConfig::default(),
             sms: crate::notify::SmsConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
         }
     }
 }
@@ -701,6 +709,29 @@ impl Config {
         {
             problems.push("encryption_key: must be exactly 64 hex characters (32 bytes)".into());
         }
+        for (i, key) in self.previous_encryption_keys.iter().enumerate() {
+            match parse_encryption_key(key.expose()) {
+                None => problems.push(format!(
+                    "previous_encryption_keys[{i}]: must be exactly 64 hex characters (32 bytes)"
+                )),
+                Some(k) => {
+                    if self
+                        .encryption_key
+                        .as_ref()
+                        .and_then(|a| parse_encryption_key(a.expose()))
+                        == Some(k)
+                    {
+                        problems.push(format!(
+                            "previous_encryption_keys[{i}]: is the active encryption_key; list only older keys"
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.previous_encryption_keys.is_empty() && self.encryption_key.is_none() {
+            problems
+                .push("previous_encryption_keys: set only with an active encryption_key".into());
+        }
         for origin in &self.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 problems.push(format!(
@@ -831,6 +862,7 @@ impl Config {
         problems.extend(self.realtime.value_problems());
         problems.extend(self.smtp.value_problems(self.is_production()));
         problems.extend(self.sms.value_problems(self.is_production()));
+        problems.extend(self.cache.value_problems());
         // Building the redactor here means logging cannot fail to start for a bad name later.
         if let Err(e) = crate::redact::Redactor::new(&self.log.redaction, None) {
             problems.push(e.to_string());

@@ -7,6 +7,13 @@
 //!
 //! Key ids are derived from the key (the first 8 bytes of a SHA-256 of a label and the key),
 //! so every node computes the same id without coordination and the id reveals nothing.
+//!
+//! - [`field`] — the typed API apps use for encrypted columns ([`field::FieldRef`],
+//!   [`field::Sealed`]), keyed blind indexes for equality lookups, and masking for lists;
+//! - [`keys`] — the registry of encrypted columns, `keel keys status` and `keel keys rotate`.
+
+pub mod field;
+pub mod keys;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -31,6 +38,8 @@ pub enum CryptoError {
 struct RingKey {
     kid: String,
     cipher: Aes256Gcm,
+    /// The key of this key's blind indexes (derived, never the encryption key itself).
+    index_key: [u8; 32],
 }
 
 /// The active key and any older keys still needed to decrypt.
@@ -65,23 +74,44 @@ impl KeyRing {
             .map(|k| RingKey {
                 kid: key_id(k),
                 cipher: Aes256Gcm::new(&(*k).into()),
+                index_key: field::blind_index_key(k),
             })
             .collect();
         Self { keys }
     }
 
-    /// The key ring from `encryption_key` (validated at start-up).
+    /// The key ring from `encryption_key` and `previous_encryption_keys` (validated at
+    /// start-up).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let key = config
             .encryption_key
             .as_ref()
             .and_then(|k| parse_encryption_key(k.expose()))
             .ok_or_else(|| anyhow::anyhow!("encryption_key is missing or invalid"))?;
-        Ok(Self::new(key, &[]))
+        let previous = config
+            .previous_encryption_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                parse_encryption_key(k.expose())
+                    .ok_or_else(|| anyhow::anyhow!("previous_encryption_keys[{i}] is invalid"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self::new(key, &previous))
     }
 
     pub fn active_kid(&self) -> &str {
         self.keys.first().map(|k| k.kid.as_str()).unwrap_or("")
+    }
+
+    /// Every key id of the ring, the active one first.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
+    }
+
+    /// The blind-index keys of the ring, the active one first.
+    pub(crate) fn index_keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.keys.iter().map(|k| &k.index_key)
     }
 
     /// Encrypts `plaintext`, binding `context` (e.g. `users|totp_secret|<id>`).
@@ -144,6 +174,15 @@ impl KeyRing {
 
     pub fn decrypt_str(&self, value: &str, context: &str) -> Result<String, CryptoError> {
         String::from_utf8(self.decrypt(value, context)?).map_err(|_| CryptoError::Integrity)
+    }
+}
+
+/// The key id a ciphertext names, if it is one (`v1.<kid>.…`).
+pub fn ciphertext_kid(value: &str) -> Option<&str> {
+    let mut parts = value.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("v1"), Some(kid), Some(_)) => Some(kid),
+        _ => None,
     }
 }
 

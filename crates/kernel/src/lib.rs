@@ -10,18 +10,20 @@
 //! - [`tenancy`] — the tenant scope that guards tenant-owned rows;
 //! - [`audit`] — the append-only, hash-chained audit trail and its transactional outbox;
 //! - [`auth`] — identity, sessions, roles and permissions; [`partners`] — business partners;
-//! - [`crypto`] — field encryption; [`mail`] — the mail seam;
+//! - [`crypto`] — field encryption, blind indexes, key rotation; [`mail`] — the mail seam;
 //! - [`integrations`] — the resilient outbound client, the LLM client, webhooks;
+//! - [`cache`] — the shared cache (in process and Redis, tenant-keyed, invalidated on every node);
 //! - [`jobs`] — durable background jobs, their workers and the scheduler;
 //! - [`storage`] — uploaded files, content-addressed per organization (local or S3);
 //! - [`extract`] — document extraction (OCR) of invoices and trade documents;
 //! - [`realtime`] — live messages over WebSocket, SSE and long-poll, fanned out across nodes;
 //! - [`notify`] — notifications: in-app, email and SMS, per-user preferences;
-//! - [`observe`] — logging;
+//! - [`observe`] — logging and tracing; [`metrics`] — Prometheus and the admin summaries;
 //! - [`redact`] — masking of personal data and secrets in every log line.
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod extract;

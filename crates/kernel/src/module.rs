@@ -218,6 +218,12 @@ pub trait Module: Send + Sync + 'static {
     fn notification_types(&self) -> Vec<crate::notify::NotificationType> {
         Vec::new()
     }
+
+    /// The encrypted columns of this module's tables, so `keel keys status` can count them
+    /// per key and `keel keys rotate` can re-encrypt them (see [`crate::crypto::keys`]).
+    fn encrypted_columns(&self) -> Vec<crate::crypto::keys::EncryptedTable> {
+        Vec::new()
+    }
 }
 
 /// The enabled modules, checked for consistency.
@@ -350,6 +356,20 @@ impl Registry {
                 }
             }
         }
+        let mut encrypted = HashSet::new();
+        for m in &enabled {
+            for t in m.encrypted_columns() {
+                problems.extend(t.problems(m.name()));
+                for c in &t.columns {
+                    if !encrypted.insert((t.table, c.name)) {
+                        problems.push(format!(
+                            "encrypted column `{}.{}` is registered twice",
+                            t.table, c.name
+                        ));
+                    }
+                }
+            }
+        }
         // Checked once every module is known: a schedule may use another module's job type.
         for m in &enabled {
             for s in m.schedules() {
@@ -438,6 +458,14 @@ impl Registry {
         self.modules
             .iter()
             .flat_map(|m| m.notification_types())
+            .collect()
+    }
+
+    /// Every encrypted column of the enabled modules.
+    pub fn encrypted_tables(&self) -> Vec<crate::crypto::keys::EncryptedTable> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.encrypted_columns())
             .collect()
     }
 

@@ -39,8 +39,13 @@ impl Module for KernelModule {
             crate::migration!(6, "0006_realtime", "migrations"),
             crate::migration!(7, "0007_integrations", "migrations"),
             crate::migration!(8, "0008_extraction", "migrations"),
+            crate::migration!(9, "0009_keys", "migrations"),
             crate::migration!(10, "0010_job_stats", "migrations"),
         ]
+    }
+
+    fn encrypted_columns(&self) -> Vec<crate::crypto::keys::EncryptedTable> {
+        crate::crypto::keys::kernel_encrypted_columns()
     }
 
     fn routes(&self) -> ModuleRouter {

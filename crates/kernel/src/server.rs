@@ -175,6 +175,8 @@ async fn prepare(
             realtime: realtime.clone(),
         }));
 
+    let node_id = uuid::Uuid::now_v7();
+    let cache = crate::cache::Caches::new(&config.cache, redis.clone(), node_id);
     let state = AppState::new(AppInner {
         config: config.clone(),
         db,
@@ -182,6 +184,8 @@ async fn prepare(
         registry,
         limits,
         route_policies,
+        crypto: auth.keyring.clone(),
+        cache,
         auth,
         integrations,
         audit,
@@ -192,7 +196,7 @@ async fn prepare(
         extractor,
         openapi_json,
         installation_id,
-        node_id: uuid::Uuid::now_v7(),
+        node_id,
         started_at: Instant::now(),
         http_stats: Arc::new(crate::metrics::window::Windows::new()),
     });
@@ -221,6 +225,12 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ShutdownReport> {
     let (state, _router) = prepare(config, modules).await?;
+    // Jobs may use the shared cache: other nodes' invalidations must reach this one too.
+    let _cache_listener = state.config.redis_url.as_ref().map(|url| {
+        AbortOnDrop(tokio::spawn(
+            state.cache.clone().listen(url.expose().to_string()),
+        ))
+    });
     let runtime = Runtime::start(
         &state,
         RuntimeOptions {
@@ -418,6 +428,11 @@ impl Application {
                 .map(|u| u.expose().to_string()),
             crate::auth::revocation_poll(&self.state.config),
         )));
+        let _cache_listener = self.state.config.redis_url.as_ref().map(|url| {
+            AbortOnDrop(tokio::spawn(
+                self.state.cache.clone().listen(url.expose().to_string()),
+            ))
+        });
         let stopped_at = tokio::select! {
             result = &mut server.0 => {
                 result.context("server task failed")?.context("server failed")?;

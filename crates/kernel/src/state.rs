@@ -26,6 +26,11 @@ pub struct AppInner {
     pub route_policies: std::collections::HashMap<(http::Method, String), &'static str>,
     /// Tokens, password hashing, revocations, roles, the mailer and the key ring.
     pub auth: Arc<crate::auth::AuthRuntime>,
+    /// Field encryption: `state.crypto.seal(&FieldRef::new(&scope, …), value)` / `open`,
+    /// blind indexes, under the key ring (the same ring as `auth.keyring`).
+    pub crypto: Arc<crate::crypto::KeyRing>,
+    /// The shared cache: `state.cache.tenant::<V>(name, ttl)?.get_or_load(…)`.
+    pub cache: crate::cache::Caches,
     /// Enqueues background jobs inside a transaction (`state.jobs.enqueue(&mut tx, …)`).
     pub jobs: Jobs,
     /// The audit trail's event bus (where the outbox relay delivers committed events).

@@ -108,6 +108,10 @@ fn describe() {
         "keel_webhook_attempts_total",
         "Outgoing webhook delivery attempts by resulting delivery status"
     );
+    metrics::describe_counter!(
+        "keel_cache_requests_total",
+        "Shared cache lookups by cache and result (hit, remote_hit, miss)"
+    );
     metrics::describe_gauge!("keel_jobs", "Jobs by queue and state (deployment-wide)");
     metrics::describe_gauge!(
         "keel_jobs_oldest_due_age_seconds",
