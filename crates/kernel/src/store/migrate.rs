@@ -193,9 +193,16 @@ pub async fn status(
     db: &Db,
     modules: &[ModuleMigrations],
 ) -> Result<Vec<MigrationStatus>, StoreError> {
-    ensure_table(db).await?;
+    // Read first: a status check (`keel migrate status`, `keel audit verify`) beside a running
+    // node needs no write lock unless the table does not exist yet.
+    let rows = match applied(db).await {
+        Ok(rows) => rows,
+        Err(_) => {
+            ensure_table(db).await?;
+            applied(db).await?
+        }
+    };
     let kind = db.kind();
-    let rows = applied(db).await?;
     let mut by_key: HashMap<(String, i64), AppliedRow> = rows
         .into_iter()
         .map(|r| ((r.module.clone(), r.version), r))
