@@ -165,6 +165,14 @@ async fn the_second_identical_call_is_answered_from_the_cache_of_its_organizatio
         .expect("json");
     assert_eq!(b_stats["entries"], 1);
     assert_eq!(b_stats["hits"], 0);
+
+    // The hit rate is in Prometheus too.
+    let metrics = app.get("/metrics").await.text().await.expect("text");
+    for result in ["hit", "miss"] {
+        let family =
+            format!("keel_llm_cache_requests_total{{provider=\"openai\",result=\"{result}\"}}");
+        assert!(metrics.contains(&family), "{family} missing");
+    }
 }
 
 #[tokio::test]

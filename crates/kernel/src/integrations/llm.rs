@@ -442,8 +442,10 @@ impl Llm {
         let key = cache_key(scope, provider.as_ref(), &request);
         let cacheable = self.cacheable(&request);
         if cacheable && let Some(hit) = cache_get(db, scope, &key).await? {
+            cache_outcome(provider.name(), "hit");
             return Ok(hit.into_answer(provider.name()));
         }
+        cache_outcome(provider.name(), if cacheable { "miss" } else { "bypass" });
         let answer = self.call(provider.as_ref(), &request, false).await?;
         if cacheable {
             cache_put(db, scope, &key, &answer, self.config.cache_ttl_days).await?;
@@ -477,8 +479,10 @@ impl Llm {
             && let Some(hit) = cache_get(db, scope, &key).await?
             && let Ok(value) = parse_valid::<T>(&hit.response, schema)
         {
+            cache_outcome(provider.name(), "hit");
             return Ok((value, hit.into_answer(provider.name())));
         }
+        cache_outcome(provider.name(), if cacheable { "miss" } else { "bypass" });
         let first = self.call(provider.as_ref(), &request, true).await?;
         let (value, answer) = match parse_valid::<T>(&first.text, schema) {
             Ok(v) => (v, first),
@@ -836,4 +840,11 @@ mod tests {
         assert_eq!(unfence("```json\n{\"a\":1}\n```"), "{\"a\":1}");
         assert_eq!(unfence(" {\"a\":1} "), "{\"a\":1}");
     }
+}
+
+/// Counts LLM cache lookups: `hit`, `miss`, or `bypass` (not cacheable: caching off, or a
+/// temperature above 0 without `llm.cache_nonzero_temperature`).
+fn cache_outcome(provider: &'static str, result: &'static str) {
+    metrics::counter!("keel_llm_cache_requests_total", "provider" => provider, "result" => result)
+        .increment(1);
 }

@@ -112,6 +112,10 @@ fn describe() {
         "keel_cache_requests_total",
         "Shared cache lookups by cache and result (hit, remote_hit, miss)"
     );
+    metrics::describe_counter!(
+        "keel_llm_cache_requests_total",
+        "LLM response cache lookups by provider and result (hit, miss, bypass)"
+    );
     metrics::describe_gauge!("keel_jobs", "Jobs by queue and state (deployment-wide)");
     metrics::describe_gauge!(
         "keel_jobs_oldest_due_age_seconds",
