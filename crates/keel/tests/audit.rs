@@ -164,13 +164,13 @@ async fn the_chain_catches_an_edited_event_after_the_triggers_refuse_the_edit() 
     }
     let report = verify_api(&app, &admin).await;
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["events_checked"], 5);
-    assert_eq!(report["last_seq"], 5);
+    assert_eq!(report["events_checked"], 7);
+    assert_eq!(report["last_seq"], 7);
 
     let db = &app.state.db;
     let org = uuid_sql(db, admin.org_id);
     let edit =
-        format!("UPDATE audit_events SET resource_id = 'forged' WHERE org_id = {org} AND seq = 3");
+        format!("UPDATE audit_events SET resource_id = 'forged' WHERE org_id = {org} AND seq = 5");
     let refused = raw(db, &edit).await;
     assert!(
         refused.is_err(),
@@ -186,7 +186,7 @@ async fn the_chain_catches_an_edited_event_after_the_triggers_refuse_the_edit() 
     assert!(
         raw(
             db,
-            &format!("DELETE FROM audit_events WHERE org_id = {org} AND seq = 3")
+            &format!("DELETE FROM audit_events WHERE org_id = {org} AND seq = 5")
         )
         .await
         .is_err(),
@@ -197,7 +197,7 @@ async fn the_chain_catches_an_edited_event_after_the_triggers_refuse_the_edit() 
     assert_eq!(raw(db, &edit).await.expect("edit"), 1);
     let report = verify_api(&app, &admin).await;
     assert_eq!(report["ok"], false, "{report}");
-    assert_eq!(report["broken"]["seq"], 3, "{report}");
+    assert_eq!(report["broken"]["seq"], 5, "{report}");
     assert!(
         report["broken"]["reason"]
             .as_str()
@@ -215,7 +215,7 @@ async fn the_chain_catches_an_edited_event_after_the_triggers_refuse_the_edit() 
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("BROKEN at event 3"), "{stdout}");
+    assert!(stdout.contains("BROKEN at event 5"), "{stdout}");
 }
 
 #[tokio::test]
@@ -387,8 +387,8 @@ async fn concurrent_appends_from_many_tasks_keep_one_valid_chain() {
     for who in [&a, &b] {
         let report = verify_api(&app, who).await;
         assert_eq!(report["ok"], true, "{report}");
-        assert_eq!(report["events_checked"], 20, "{report}");
-        assert_eq!(report["last_seq"], 20, "{report}");
+        assert_eq!(report["events_checked"], 22, "{report}");
+        assert_eq!(report["last_seq"], 22, "{report}");
     }
     let report = audit::verify(&app.state.db, audit::PLATFORM_ORG)
         .await
@@ -429,19 +429,19 @@ async fn retention_prunes_behind_a_checkpoint_and_what_remains_verifies() {
         .iter()
         .find(|c| c.org_id == admin.org_id)
         .expect("the organization's chain");
-    assert_eq!(chain.checkpoint_seq, 5);
+    assert_eq!(chain.checkpoint_seq, 7);
     assert!(chain.new_checkpoint);
-    assert_eq!(chain.events_deleted, 5);
+    assert_eq!(chain.events_deleted, 7);
 
     let verified = verify_api(&app, &admin).await;
     assert_eq!(verified["ok"], true, "{verified}");
-    assert_eq!(verified["checkpoint"]["seq"], 5, "{verified}");
-    assert_eq!(verified["first_seq"], 6, "{verified}");
+    assert_eq!(verified["checkpoint"]["seq"], 7, "{verified}");
+    assert_eq!(verified["first_seq"], 8, "{verified}");
     // Three new partners and the announcement of the checkpoint.
     assert_eq!(verified["events_checked"], 4, "{verified}");
     let pruned = events(&app, &admin, "action=audit.pruned").await;
     assert_eq!(pruned["pagination"]["total"], 1, "{pruned}");
-    assert_eq!(pruned["data"][0]["detail"]["checkpoint_seq"], 5);
+    assert_eq!(pruned["data"][0]["detail"]["checkpoint_seq"], 7);
     assert_eq!(pruned["data"][0]["actor"]["type"], "system");
     assert_eq!(pruned["data"][0]["actor"]["id"], "retention");
     let all = events(&app, &admin, "").await;
@@ -466,7 +466,7 @@ async fn retention_prunes_behind_a_checkpoint_and_what_remains_verifies() {
     assert!(
         raw(
             db,
-            &format!("DELETE FROM audit_events WHERE org_id = {org} AND seq = 6")
+            &format!("DELETE FROM audit_events WHERE org_id = {org} AND seq = 8")
         )
         .await
         .is_err()
@@ -513,10 +513,10 @@ async fn the_audit_api_filters_paginates_exports_and_keeps_tenants_apart() {
 
     let all = events(&app, &admin, "").await;
     let total = all["pagination"]["total"].as_u64().expect("total");
-    assert_eq!(total, 6, "{all}");
+    assert_eq!(total, 9, "{all}");
     // Newest first.
-    assert_eq!(all["data"][0]["action"], "invitation.created");
-    assert_eq!(all["data"][0]["seq"], 6);
+    assert_eq!(all["data"][0]["action"], "auth.registered");
+    assert_eq!(all["data"][0]["seq"], 9);
 
     let count = |v: &Value| v["pagination"]["total"].as_u64().unwrap_or(u64::MAX);
     assert_eq!(
@@ -537,13 +537,13 @@ async fn the_audit_api_filters_paginates_exports_and_keeps_tenants_apart() {
     );
     assert_eq!(
         count(&events(&app, &admin, &format!("actor={}", admin.user_id)).await),
-        6
+        8
     );
     assert_eq!(count(&events(&app, &admin, "actor=retention").await), 0);
     let tomorrow = (chrono::Utc::now() + TimeDelta::days(1)).format("%Y-%m-%d");
     assert_eq!(
         count(&events(&app, &admin, &format!("created_to={tomorrow}")).await),
-        6
+        9
     );
     assert_eq!(
         count(&events(&app, &admin, &format!("created_from={tomorrow}")).await),
@@ -559,9 +559,9 @@ async fn the_audit_api_filters_paginates_exports_and_keeps_tenants_apart() {
     assert!(problem(bad).await.to_string().contains("created_from"));
 
     let page = events(&app, &admin, "page=2&page_size=4&sort=seq").await;
-    assert_eq!(page["pagination"]["total"], 6);
-    assert_eq!(page["pagination"]["total_pages"], 2);
-    assert_eq!(page["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["pagination"]["total"], 9);
+    assert_eq!(page["pagination"]["total_pages"], 3);
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(4));
     assert_eq!(page["data"][0]["seq"], 5);
 
     // The update: what changed, and where it came from.
@@ -603,7 +603,8 @@ async fn the_audit_api_filters_paginates_exports_and_keeps_tenants_apart() {
         .status(),
         StatusCode::NOT_FOUND
     );
-    assert_eq!(count(&events(&app, &stranger, "").await), 0);
+    // The other organization sees only its own sign-up and sign-in.
+    assert_eq!(count(&events(&app, &stranger, "").await), 2);
     assert!(
         !events(&app, &stranger, "")
             .await
@@ -663,7 +664,9 @@ async fn the_audit_api_filters_paginates_exports_and_keeps_tenants_apart() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON event per line"))
         .collect();
-    assert_eq!(parsed.len(), 6);
+    // Every event the list counts, oldest first.
+    let listed = count(&events(&app, &admin, "").await);
+    assert_eq!(parsed.len() as u64, listed);
     assert_eq!(parsed[0]["seq"], 1);
     // A compressed export (browsers and most clients ask for one) ends cleanly.
     let gzipped = app
@@ -1016,4 +1019,75 @@ async fn touch(tx: &mut keel_kernel::store::Tx, name: &str) -> Result<(), StoreE
     )
     .await
     .map(|_| ())
+}
+
+#[tokio::test]
+async fn sign_up_sign_in_and_sign_out_are_in_the_organizations_trail() {
+    let app = TestApp::spawn().await;
+    let admin = app.register_org("trail@acme.example", "Acme").await;
+    let again = app
+        .sign_in("trail@acme.example", keel_testkit::PASSWORD)
+        .await;
+    let r = app
+        .post_as(
+            "/api/v1/auth/logout-all-devices",
+            &again.access_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let fresh = app
+        .sign_in("trail@acme.example", keel_testkit::PASSWORD)
+        .await;
+
+    let events: Value = app
+        .get_as(
+            "/api/v1/audit/events?sort=seq&page_size=100",
+            &fresh.access_token,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let actions: Vec<&str> = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for wanted in ["auth.registered", "auth.login", "auth.logout_all"] {
+        assert!(
+            actions.contains(&wanted),
+            "{wanted} missing from {actions:?}"
+        );
+    }
+    let registered = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|e| e["action"] == "auth.registered")
+        .expect("registered");
+    assert_eq!(registered["actor"]["id"], admin.user_id.to_string());
+    assert_eq!(registered["detail"]["new_organization"], true);
+    assert!(registered["context"]["request_id"].is_string());
+    let logout_all = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|e| e["action"] == "auth.logout_all")
+        .expect("logout_all");
+    assert!(
+        logout_all["detail"]["sessions_ended"]
+            .as_u64()
+            .expect("count")
+            >= 2
+    );
+    // The chain still verifies with the new events in it.
+    let verify: Value = app
+        .get_as("/api/v1/audit/verify", &fresh.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(verify["ok"], true, "{verify}");
 }

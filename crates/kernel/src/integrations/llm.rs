@@ -818,6 +818,13 @@ pub async fn cache_cleanup(db: &Db) -> Result<u64, StoreError> {
     .await
 }
 
+/// Counts LLM cache lookups: `hit`, `miss`, or `bypass` (not cacheable: caching off, or a
+/// temperature above 0 without `llm.cache_nonzero_temperature`).
+fn cache_outcome(provider: &'static str, result: &'static str) {
+    metrics::counter!("keel_llm_cache_requests_total", "provider" => provider, "result" => result)
+        .increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,11 +847,4 @@ mod tests {
         assert_eq!(unfence("```json\n{\"a\":1}\n```"), "{\"a\":1}");
         assert_eq!(unfence(" {\"a\":1} "), "{\"a\":1}");
     }
-}
-
-/// Counts LLM cache lookups: `hit`, `miss`, or `bypass` (not cacheable: caching off, or a
-/// temperature above 0 without `llm.cache_nonzero_temperature`).
-fn cache_outcome(provider: &'static str, result: &'static str) {
-    metrics::counter!("keel_llm_cache_requests_total", "provider" => provider, "result" => result)
-        .increment(1);
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit::AuditContext;
+use crate::audit::{AuditContext, EventActor, NewEvent};
 use crate::auth::SignedIn;
 use crate::auth::access::{ADMIN, SUPER_ADMIN};
 use crate::auth::domain::{Email, parse_name};
@@ -138,6 +138,7 @@ async fn send_verification(state: &AppState, email: &str, token: String) {
     ))]
 pub async fn setup(
     State(state): State<AppState>,
+    ctx: AuditContext,
     Json(body): Json<SetupRequest>,
 ) -> ApiResult<Response> {
     let mut errors = Vec::new();
@@ -180,6 +181,16 @@ pub async fn setup(
         state.config.auth.email_verification_ttl_secs,
     )
     .await?;
+    crate::audit::record_as(
+        &mut tx,
+        Some(org.id),
+        &EventActor::user(user.id),
+        &ctx,
+        NewEvent::new("auth.setup", "user", Some(user.id))
+            .detail("organization_id", org.id)
+            .detail("role", SUPER_ADMIN),
+    )
+    .await?;
     tx.commit().await?;
     send_verification(&state, &user.email, token).await;
     Ok((
@@ -217,6 +228,7 @@ pub struct RegisterRequest {
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    ctx: AuditContext,
     Json(body): Json<RegisterRequest>,
 ) -> ApiResult<Response> {
     let mut errors = Vec::new();
@@ -279,6 +291,17 @@ pub async fn register(
     store::insert_user(&mut tx, &user)
         .await
         .map_err(email_taken)?;
+    crate::audit::record_as(
+        &mut tx,
+        Some(org.id),
+        &EventActor::user(user.id),
+        &ctx,
+        NewEvent::new("auth.registered", "user", Some(user.id))
+            .detail("new_organization", !verified)
+            .detail("role", user.role.as_str())
+            .detail("status", user.status.as_str()),
+    )
+    .await?;
     let token = if verified {
         None
     } else {

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{clear_cookies, cookies_for, origin};
-use crate::audit::AuditContext;
+use crate::audit::{AuditContext, EventActor, NewEvent};
 use crate::auth::domain::Email;
 use crate::auth::revocation::{self, Revocation, RevocationKind};
 use crate::auth::service::{self, IssuedTokens};
@@ -181,9 +181,49 @@ pub async fn login(
             .into_response());
     }
     let issued = service::start_session(&state, &mut tx, &user, &origin).await?;
+    signed_in(&mut tx, &user, &issued, &ctx, "password").await?;
     metrics::counter!("keel_auth_events_total", "event" => "login").increment(1);
     tx.commit().await?;
     Ok(token_response(&state, issued, user.into()))
+}
+
+/// A successful sign-in, in the user's organization's audit trail.
+async fn signed_in(
+    tx: &mut crate::store::Tx,
+    user: &store::UserRow,
+    issued: &IssuedTokens,
+    ctx: &AuditContext,
+    method: &'static str,
+) -> Result<(), crate::store::StoreError> {
+    crate::audit::record_as(
+        tx,
+        Some(user.org_id),
+        &EventActor::user(user.id),
+        ctx,
+        NewEvent::new("auth.login", "session", Some(issued.session_id)).detail("method", method),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A sign-out or session revocation, in the user's organization's audit trail.
+async fn signed_out(
+    tx: &mut crate::store::Tx,
+    me: &crate::auth::Principal,
+    ctx: &AuditContext,
+    action: &'static str,
+    session: Option<Uuid>,
+    ended: usize,
+) -> Result<(), crate::store::StoreError> {
+    crate::audit::record_as(
+        tx,
+        Some(me.home_org),
+        &EventActor::user(me.user_id),
+        ctx,
+        NewEvent::new(action, "session", session).detail("sessions_ended", ended),
+    )
+    .await
+    .map(|_| ())
 }
 
 fn ip_blocked(until: DateTime<Utc>) -> ApiError {
@@ -338,6 +378,7 @@ pub async fn login_totp(
         return Err(ApiError::forbidden("the account is not active"));
     }
     let issued = service::start_session(&state, &mut tx, &user, &origin).await?;
+    signed_in(&mut tx, &user, &issued, &ctx, "totp").await?;
     metrics::counter!("keel_auth_events_total", "event" => "login").increment(1);
     tx.commit().await?;
     Ok(token_response(&state, issued, user.into()))
@@ -488,7 +529,11 @@ async fn refresh_session(
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     security(("bearer" = [])),
     responses((status = 204, description = "Signed out")))]
-pub async fn logout(State(state): State<AppState>, SignedIn(me): SignedIn) -> ApiResult<Response> {
+pub async fn logout(
+    State(state): State<AppState>,
+    SignedIn(me): SignedIn,
+    ctx: AuditContext,
+) -> ApiResult<Response> {
     let mut list = Vec::new();
     let mut tx = state.db.begin().await?;
     if let crate::auth::Credential::Session {
@@ -517,6 +562,7 @@ pub async fn logout(State(state): State<AppState>, SignedIn(me): SignedIn) -> Ap
         }];
         revocation::record(&mut tx, &token).await?;
         list.extend(token);
+        signed_out(&mut tx, &me, &ctx, "auth.logout", Some(session_id), 1).await?;
     }
     tx.commit().await?;
     service::broadcast(&state, &list).await;
@@ -534,10 +580,16 @@ pub async fn logout(State(state): State<AppState>, SignedIn(me): SignedIn) -> Ap
 pub async fn logout_all(
     State(state): State<AppState>,
     SignedIn(me): SignedIn,
+    ctx: AuditContext,
 ) -> ApiResult<Response> {
     let mut tx = state.db.begin().await?;
     let list =
         service::revoke_sessions(&state, &mut tx, me.user_id, None, None, "logout_all").await?;
+    let ended = list
+        .iter()
+        .filter(|r| r.kind == RevocationKind::Session)
+        .count();
+    signed_out(&mut tx, &me, &ctx, "auth.logout_all", None, ended).await?;
     tx.commit().await?;
     service::broadcast(&state, &list).await;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -597,6 +649,7 @@ pub async fn list_sessions(
 pub async fn delete_session(
     State(state): State<AppState>,
     SignedIn(me): SignedIn,
+    ctx: AuditContext,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let mut tx = state.db.begin().await?;
@@ -612,6 +665,7 @@ pub async fn delete_session(
     if list.is_empty() {
         return Err(ApiError::not_found());
     }
+    signed_out(&mut tx, &me, &ctx, "auth.session_revoked", Some(id), 1).await?;
     tx.commit().await?;
     service::broadcast(&state, &list).await;
     Ok(StatusCode::NO_CONTENT)
