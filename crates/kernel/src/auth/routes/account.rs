@@ -127,6 +127,24 @@ async fn send_verification(state: &AppState, email: &str, token: String) {
     .await;
 }
 
+/// Records a new account in its organization's audit trail, the new user as the actor.
+async fn account_created(
+    tx: &mut crate::store::Tx,
+    user: &UserRow,
+    ctx: &AuditContext,
+    event: NewEvent,
+) -> Result<(), StoreError> {
+    crate::audit::record_as(
+        tx,
+        Some(user.org_id),
+        &EventActor::user(user.id),
+        ctx,
+        event,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// First run: creates the first organization and its platform super admin. Only while no
 /// user exists; afterwards it answers 409 and changes nothing.
 #[utoipa::path(post, path = "/api/v1/setup", tag = "auth",
@@ -181,14 +199,11 @@ pub async fn setup(
         state.config.auth.email_verification_ttl_secs,
     )
     .await?;
-    crate::audit::record_as(
+    account_created(
         &mut tx,
-        Some(org.id),
-        &EventActor::user(user.id),
+        &user,
         &ctx,
-        NewEvent::new("auth.setup", "user", Some(user.id))
-            .detail("organization_id", org.id)
-            .detail("role", SUPER_ADMIN),
+        NewEvent::new("auth.setup", "user", Some(user.id)).detail("role", SUPER_ADMIN),
     )
     .await?;
     tx.commit().await?;
@@ -291,13 +306,12 @@ pub async fn register(
     store::insert_user(&mut tx, &user)
         .await
         .map_err(email_taken)?;
-    crate::audit::record_as(
+    account_created(
         &mut tx,
-        Some(org.id),
-        &EventActor::user(user.id),
+        &user,
         &ctx,
         NewEvent::new("auth.registered", "user", Some(user.id))
-            .detail("new_organization", !verified)
+            .detail("new_organization", body.organization_name.is_some())
             .detail("role", user.role.as_str())
             .detail("status", user.status.as_str()),
     )
