@@ -4,6 +4,7 @@
 //! (`TEST_REDIS_URL`) two nodes share loaded values and each one's invalidation (by key and by
 //! tag) reaches the other.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -97,6 +98,102 @@ async fn concurrent_misses_for_one_key_load_once() {
     assert_eq!(*err, "source down");
     let loader = Loader::default();
     assert_eq!(get(&c, &failing, &[], &loader, "ok").await, "ok#1");
+}
+
+/// A write's invalidation that lands while a reader is still loading the old value: the
+/// reader gets what it read, but the value is not kept — the next read loads again.
+#[tokio::test]
+async fn an_invalidation_during_a_load_is_not_undone_by_it() {
+    let app = TestApp::spawn().await;
+    let c = cache(&app, &name("race"), Duration::from_secs(300));
+    let scope = TenantScope::for_tests(Uuid::now_v7());
+    let key = CacheKey::org(&scope, &["dashboard"]);
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let slow = {
+        let (c, key) = (c.clone(), key.clone());
+        tokio::spawn(async move {
+            c.get_or_load(&key, &[], || async move {
+                let _ = read_tx.send(());
+                let _ = go_rx.await;
+                Ok::<_, std::convert::Infallible>("before the write".to_string())
+            })
+            .await
+            .expect("load")
+        })
+    };
+    read_rx.await.expect("the load started");
+    c.invalidate(&key).await; // the write commits and invalidates
+    let _ = go_tx.send(());
+    assert_eq!(slow.await.expect("task"), "before the write");
+    let loader = Loader::default();
+    assert_eq!(get(&c, &key, &[], &loader, "after").await, "after#1");
+    assert_eq!(
+        get(&c, &key, &[], &loader, "after").await,
+        "after#1",
+        "then cached"
+    );
+}
+
+/// Loads `key` (tagged `tags`) slowly, running `meanwhile` while the load is in flight, and
+/// says whether the loaded value was kept (the next read is a hit).
+async fn kept_after<F: Future<Output = ()>>(
+    c: &TenantCache<String>,
+    key: &CacheKey,
+    tags: &[Tag],
+    meanwhile: F,
+) -> bool {
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let slow = {
+        let (c, key, tags) = (c.clone(), key.clone(), tags.to_vec());
+        tokio::spawn(async move {
+            c.get_or_load(&key, &tags, || async move {
+                let _ = read_tx.send(());
+                let _ = go_rx.await;
+                Ok::<_, std::convert::Infallible>("slow".to_string())
+            })
+            .await
+            .expect("load")
+        })
+    };
+    read_rx.await.expect("the load started");
+    meanwhile.await;
+    let _ = go_tx.send(());
+    assert_eq!(slow.await.expect("task"), "slow");
+    let loader = Loader::default();
+    get(c, key, tags, &loader, "again").await == "slow"
+}
+
+/// A load is dropped by an invalidation of its own key or tag while it runs, not by other
+/// organizations' invalidations in the same cache (under writes from many organizations,
+/// those would otherwise drop nearly every load).
+#[tokio::test]
+async fn only_its_own_invalidations_drop_a_load() {
+    let app = TestApp::spawn().await;
+    let c = cache(&app, &name("own"), Duration::from_secs(300));
+    let mine = TenantScope::for_tests(Uuid::now_v7());
+    let other = TenantScope::for_tests(Uuid::now_v7());
+    let tag = Tag::org(&mine, "dashboard");
+
+    let key = CacheKey::org(&mine, &["a"]);
+    assert!(
+        !kept_after(&c, &key, std::slice::from_ref(&tag), c.invalidate_tag(&tag)).await,
+        "its tag was invalidated during the load"
+    );
+
+    let key = CacheKey::org(&mine, &["b"]);
+    let others = async {
+        for i in 0..50 {
+            c.invalidate_tag(&Tag::org(&other, "dashboard")).await;
+            c.invalidate(&CacheKey::org(&other, &["b", &i.to_string()]))
+                .await;
+        }
+    };
+    assert!(
+        kept_after(&c, &key, std::slice::from_ref(&tag), others).await,
+        "another organization's invalidations leave the load in place"
+    );
 }
 
 #[tokio::test]

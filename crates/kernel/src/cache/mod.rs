@@ -202,14 +202,111 @@ struct Core<V> {
     local: moka::future::Cache<String, Arc<Entry<V>>>,
     shared: Arc<Shared>,
     counters: Counters,
+    /// Loads in flight: one whose key or tag is invalidated before it lands (it may have read
+    /// the old value) is dropped once it lands instead of being served for a TTL.
+    in_flight: InFlight,
+}
+
+/// The keys and tags of the loads running on this node, with how often each was invalidated
+/// since. A load is dropped when it lands only if its own key or one of its own tags (or the
+/// whole cache) was invalidated meanwhile — not on any invalidation in the cache, which
+/// under writes from many organizations would drop nearly every load. Only names with a
+/// load in flight are held, so the map stays as small as the number of concurrent misses.
+#[derive(Default)]
+struct InFlight {
+    /// Name (`k:<key>` or `t:<tag>`) → (loads in flight, invalidations seen).
+    names: Mutex<HashMap<String, (usize, u64)>>,
+    /// Whole-cache clears.
+    all: AtomicU64,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, u64)>> {
+        self.names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn names(key: &str, tags: &[String]) -> Vec<String> {
+        std::iter::once(format!("k:{key}"))
+            .chain(tags.iter().map(|t| format!("t:{t}")))
+            .collect()
+    }
+
+    /// Registers a load of `key` tagged `tags`; the guard says whether it went stale.
+    fn begin(&self, key: &str, tags: &[String]) -> LoadGuard<'_> {
+        let names = Self::names(key, tags);
+        let all = self.all.load(Ordering::SeqCst);
+        let mut map = self.lock();
+        for n in &names {
+            map.entry(n.clone()).or_insert((0, 0)).0 += 1;
+        }
+        let seen = names.iter().map(|n| map.get(n).map_or(0, |e| e.1)).sum();
+        LoadGuard {
+            flight: self,
+            names,
+            all,
+            seen,
+        }
+    }
+
+    fn bump(&self, name: String) {
+        if let Some(e) = self.lock().get_mut(&name) {
+            e.1 += 1;
+        }
+    }
+
+    fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// One load in flight; unregisters itself when dropped (also when the load is cancelled).
+struct LoadGuard<'a> {
+    flight: &'a InFlight,
+    names: Vec<String>,
+    all: u64,
+    seen: u64,
+}
+
+impl LoadGuard<'_> {
+    /// Whether the load's key or one of its tags was invalidated since it began.
+    fn stale(&self) -> bool {
+        if self.flight.all.load(Ordering::SeqCst) != self.all {
+            return true;
+        }
+        let map = self.flight.lock();
+        let now: u64 = self
+            .names
+            .iter()
+            .map(|n| map.get(n).map_or(0, |e| e.1))
+            .sum();
+        now != self.seen
+    }
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flight.lock();
+        for n in &self.names {
+            if let Some(e) = map.get_mut(n) {
+                e.0 -= 1;
+                if e.0 == 0 {
+                    map.remove(n);
+                }
+            }
+        }
+    }
 }
 
 impl<V: Clone + Send + Sync + 'static> LocalCache for Core<V> {
     fn drop_key<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        self.in_flight.bump(format!("k:{key}"));
         Box::pin(self.local.invalidate(key))
     }
 
     fn drop_tag(&self, tag: &str) {
+        self.in_flight.bump(format!("t:{tag}"));
         let tag = tag.to_string();
         // Closures are enabled on every cache at build time, so this cannot fail; if it
         // did, dropping everything is the safe fallback.
@@ -223,6 +320,7 @@ impl<V: Clone + Send + Sync + 'static> LocalCache for Core<V> {
     }
 
     fn clear(&self) {
+        self.in_flight.bump_all();
         self.local.invalidate_all();
     }
 }
@@ -322,6 +420,7 @@ impl Caches {
                 .build(),
             shared: self.shared.clone(),
             counters: Counters::default(),
+            in_flight: InFlight::default(),
         });
         caches.insert(
             name.to_string(),
@@ -452,10 +551,13 @@ where
         E: Send + Sync + 'static,
     {
         let mut source = "miss";
+        // Registered when this call loads (a miss), before it reads anything.
+        let mut guard = None;
         let entry = self
             .local
             .entry(key.to_string())
             .or_try_insert_with(async {
+                guard = Some(self.in_flight.begin(key, &tags));
                 if let Some((value, left)) = self.remote_get(key).await {
                     source = "remote_hit";
                     return Ok(Arc::new(Entry {
@@ -474,6 +576,12 @@ where
             })
             .await?;
         self.count(if entry.is_fresh() { source } else { "hit" });
+        if entry.is_fresh() && guard.as_ref().is_some_and(LoadGuard::stale) {
+            // An invalidation ran while this value was loading: it may predate the write that
+            // caused it. This caller gets it (its read began first); nobody else will.
+            self.local.invalidate(key).await;
+            self.remote_forget(key).await;
+        }
         Ok(entry.into_value().value.clone())
     }
 
@@ -534,8 +642,23 @@ where
         }
     }
 
+    /// Deletes a value this node stored in Redis, without telling other nodes.
+    async fn remote_forget(&self, key: &str) {
+        if !self.shared.redis_values {
+            return;
+        }
+        if let Some(mut conn) = self.shared.redis.clone()
+            && let Err(e) = redis::cmd("DEL")
+                .arg(self.redis_key(key))
+                .query_async::<()>(&mut conn)
+                .await
+        {
+            tracing::warn!(cache = %self.name, error = %e, "cache: Redis delete failed");
+        }
+    }
+
     async fn invalidate_key(&self, key: &str) {
-        self.local.invalidate(key).await;
+        self.drop_key(key).await;
         self.broadcast(Some(key), None, vec![self.redis_key(key)])
             .await;
     }
