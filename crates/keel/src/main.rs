@@ -17,7 +17,7 @@ use keel_kernel::store::{Db, migrate};
 
 /// The apps this binary ships, in start-up order. One line per app.
 fn modules() -> Vec<Arc<dyn Module>> {
-    vec![]
+    vec![Arc::new(keel_trade::TradeModule)]
 }
 
 #[derive(Parser)]
@@ -38,7 +38,17 @@ struct Cli {
 enum Command {
     /// Run the HTTP API, the job workers and the scheduler (migrations are applied first
     /// unless configured otherwise).
-    Serve,
+    Serve {
+        /// On first start, create the demo organization and data (as `keel demo seed`) and
+        /// print the demo users' passwords.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Demo data for trying Keel out and for load tests.
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
     /// Run job queues only, without an HTTP listener (scale-out workers).
     Worker {
         /// Queues to work, comma separated (default: `jobs.queues`, or every queue).
@@ -64,6 +74,20 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Create the demo organization (a user per role, printed with generated passwords) and
+    /// each app's demo data; run again to add another batch. Prints a JSON report.
+    Seed {
+        /// Shipments (and proportionate documents, payments, rates) to create.
+        #[arg(long, default_value_t = 200)]
+        shipments: u64,
+        /// The demo users' password (default: generated and printed once).
+        #[arg(long, env = "KEEL_DEMO_PASSWORD")]
+        password: Option<String>,
     },
 }
 
@@ -143,7 +167,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve(config).await,
+            Command::Serve { demo } => serve(config, demo).await,
+            Command::Demo {
+                action:
+                    DemoAction::Seed {
+                        shipments,
+                        password,
+                    },
+            } => demo_seed(config, shipments, password).await,
             Command::Worker { queues } => worker(config, queues).await,
             Command::Migrate { action } => migrate_cmd(config, action).await,
             Command::Audit { action } => audit_cmd(config, action).await,
@@ -186,7 +217,34 @@ fn config_failure(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
+/// Builds the application without serving it (on an ephemeral port, so a running server's
+/// address is not needed) and seeds the demo data.
+async fn demo_seed(
+    mut config: Config,
+    shipments: u64,
+    password: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    ensure_dev_secrets(&mut config)?;
+    keel_kernel::observe::init_logging(&config);
+    config.listen = "127.0.0.1:0".into();
+    config.metrics.listen = None;
+    let app = Application::build(config, modules()).await?;
+    let started = std::time::Instant::now();
+    let report = keel_kernel::demo::seed(
+        app.state(),
+        &keel_kernel::demo::DemoOptions {
+            size: shipments,
+            password,
+        },
+    )
+    .await?;
+    let mut out = serde_json::to_value(&report)?;
+    out["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let dev_secrets = ensure_dev_secrets(&mut config)?;
     keel_kernel::observe::init_logging(&config);
     if let Some((path, created)) = dev_secrets {
@@ -200,6 +258,36 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         tracing::warn!("{banner}");
     }
     let app = Application::build(config, modules()).await?;
+    if demo {
+        let state = app.state();
+        let admin = keel_kernel::demo::USERS[0].1;
+        if keel_kernel::auth::store::user_by_email(&state.db, admin)
+            .await?
+            .is_none()
+        {
+            let report = keel_kernel::demo::seed(
+                state,
+                &keel_kernel::demo::DemoOptions {
+                    size: 200,
+                    password: std::env::var("KEEL_DEMO_PASSWORD").ok(),
+                },
+            )
+            .await?;
+            eprintln!(
+                "\nDemo organization `{}` created. Sign in as:",
+                report.organization
+            );
+            for a in &report.accounts {
+                eprintln!(
+                    "  {:<8} {}  password: {}",
+                    a.role,
+                    a.email,
+                    a.password.as_deref().unwrap_or("(unchanged)")
+                );
+            }
+            eprintln!();
+        }
+    }
     let report = app.run_until_stopped(server::shutdown_signal()).await?;
     flush_traces().await;
     Ok(if report.clean {

@@ -71,8 +71,11 @@ impl Module for VaultModule {
 
 async fn node(db: Option<Arc<TestDb>>, active: &'static str, previous: &[&'static str]) -> TestApp {
     let previous: Vec<&'static str> = previous.to_vec();
+    // The `keel keys` processes run every module of the binary, the trade app's encrypted
+    // columns included: its tables must exist as on a real installation.
     let mut b = TestApp::builder()
         .module(Arc::new(VaultModule))
+        .module(Arc::new(keel_trade::TradeModule))
         .configure(move |c| {
             c.encryption_key = Some(keel_kernel::config::Secret::new(active));
             c.previous_encryption_keys = previous

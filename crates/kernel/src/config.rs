@@ -102,6 +102,9 @@ pub struct Config {
     /// Modules to switch off (e.g. `["trade"]`).
     #[serde(deserialize_with = "string_or_list")]
     pub disabled_modules: Vec<String>,
+    /// `[modules.<name>]`: each app's own settings (e.g. `[modules.trade]`), checked by the
+    /// module at start-up (`KEEL_MODULES__TRADE__OVERDUE_DAYS=300`).
+    pub modules: std::collections::BTreeMap<String, serde_json::Value>,
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -146,6 +149,7 @@ impl Default for Config {
             previous_encryption_keys: Vec::new(),
             cors_origins: Vec::new(),
             disabled_modules: Vec::new(),
+            modules: Default::default(),
             database: DatabaseConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod extract;
 pub mod housekeeping;
 pub mod http;

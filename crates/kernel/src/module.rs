@@ -155,6 +155,13 @@ pub trait Module: Send + Sync + 'static {
     /// Unique, lowercase; also the key to switch it off in configuration.
     fn name(&self) -> &'static str;
 
+    /// Checks this module's settings (`[modules.<name>]`, an empty object when absent); one
+    /// message per problem, naming the key. Read them with
+    /// [`AppState::module_settings`](crate::state::AppState::module_settings).
+    fn settings_problems(&self, _settings: &serde_json::Value) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Schema changes, in order; each module's versions are its own.
     fn migrations(&self) -> Vec<Migration> {
         Vec::new()
@@ -192,6 +199,12 @@ pub trait Module: Send + Sync + 'static {
     /// number); a document type is known once a module registers a field for it.
     fn document_fields(&self) -> Vec<crate::extract::DocumentField> {
         Vec::new()
+    }
+
+    /// Fills the demo organization with realistic data (`keel demo seed`); returns a one-line
+    /// summary of what it created. See [`crate::demo`].
+    fn demo(&self) -> Option<crate::demo::DemoFn> {
+        None
     }
 
     /// Creates sample resources for the isolation probe.

@@ -70,7 +70,32 @@ pub fn registry(
 ) -> Result<Registry, crate::config::ConfigError> {
     let mut all: Vec<Arc<dyn Module>> = vec![Arc::new(KernelModule)];
     all.extend(modules);
-    Registry::new(all, &config.disabled_modules)
+    let mut problems = Vec::new();
+    for name in config.modules.keys() {
+        if !all.iter().any(|m| m.name() == name) {
+            problems.push(format!(
+                "modules.{name}: no module of this build is called `{name}`"
+            ));
+        }
+    }
+    let empty = serde_json::Value::Object(Default::default());
+    for m in &all {
+        let settings = config.modules.get(m.name()).unwrap_or(&empty);
+        problems.extend(
+            m.settings_problems(settings)
+                .into_iter()
+                .map(|p| format!("modules.{}.{p}", m.name())),
+        );
+    }
+    let registry = Registry::new(all, &config.disabled_modules);
+    match registry {
+        Err(mut e) => {
+            e.problems.extend(problems);
+            Err(e)
+        }
+        Ok(_) if !problems.is_empty() => Err(crate::config::ConfigError { problems }),
+        Ok(r) => Ok(r),
+    }
 }
 
 /// Installs the process-wide TLS crypto provider (ring) once; later calls are no-ops.
@@ -648,6 +673,9 @@ fn document_problems(openapi: &mut utoipa::openapi::OpenApi) {
                     "422",
                     "The request is well-formed but invalid: `errors` names each field",
                 ));
+            }
+            if params.iter().any(|p| matches!(p, ParameterIn::Query)) {
+                wanted.push(("414", "The request URI is longer than the limit"));
             }
             if !params.is_empty() {
                 wanted.push(("400", "A parameter is not well-formed"));

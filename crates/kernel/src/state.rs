@@ -71,6 +71,17 @@ impl AppState {
     pub fn new(inner: AppInner) -> Self {
         Self(Arc::new(inner))
     }
+
+    /// A module's settings (`[modules.<name>]`), already checked at start-up by its
+    /// [`Module::settings_problems`](crate::module::Module::settings_problems); defaults when
+    /// absent. Deserialized on each call: read them where they are needed, not per row.
+    pub fn module_settings<T: serde::de::DeserializeOwned + Default>(&self, module: &str) -> T {
+        self.config
+            .modules
+            .get(module)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Deref for AppState {

@@ -477,6 +477,28 @@ pub async fn start(
     file_sha256: &str,
     document_type: &str,
 ) -> Result<Started, ExtractError> {
+    start_with(
+        state,
+        tx,
+        scope,
+        file_sha256,
+        document_type,
+        |extraction_id| ExtractDocument { extraction_id },
+    )
+    .await
+}
+
+/// [`start`] with an app's own job instead of [`ExtractDocument`]: `job` is given the new
+/// extraction's id and makes the payload to enqueue. The app's job runs the extraction with
+/// [`execute`] and then does its own work (records its audit event, updates its rows).
+pub async fn start_with<P: JobPayload>(
+    state: &AppState,
+    tx: &mut Tx,
+    scope: &TenantScope,
+    file_sha256: &str,
+    document_type: &str,
+    job: impl FnOnce(Uuid) -> P,
+) -> Result<Started, ExtractError> {
     let mut errors = Vec::new();
     if !crate::storage::is_sha256(file_sha256) {
         errors.push(FieldError::new(
@@ -509,7 +531,7 @@ pub async fn start(
     store::insert(tx, scope, extraction_id, file_sha256, document_type).await?;
     let job_id = state
         .jobs
-        .enqueue(tx, Some(scope), &ExtractDocument { extraction_id })
+        .enqueue(tx, Some(scope), &job(extraction_id))
         .await?;
     store::set_job(tx, scope, extraction_id, job_id).await?;
     Ok(Started {
@@ -763,12 +785,19 @@ pub fn job() -> JobDefinition {
 }
 
 async fn run_job(ctx: JobContext, job: ExtractDocument) -> Result<serde_json::Value, JobError> {
+    execute(&ctx, job.extraction_id).await
+}
+
+/// Runs extraction `id` of the job's organization (what the extraction job does; apps whose
+/// own job was enqueued by [`start_with`] call it): reads the file, runs the engines and
+/// stores the result, `failed` with the reason when nothing could be read. A finished
+/// extraction is left as it is. Returns `{"status", "engine"}`.
+pub async fn execute(ctx: &JobContext, id: Uuid) -> Result<serde_json::Value, JobError> {
     let scope = ctx
         .scope
         .clone()
         .ok_or_else(|| JobError::permanent("an extraction job needs an organization"))?;
     let state = &ctx.state;
-    let id = job.extraction_id;
     let Some(row) = store::get(&state.db, &scope, id).await? else {
         return Err(JobError::permanent("the extraction no longer exists"));
     };

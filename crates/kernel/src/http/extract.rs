@@ -114,6 +114,36 @@ where
     }
 }
 
+/// An optional JSON body (`Option<Json<T>>`): an empty body is `None`; anything else must be
+/// JSON that parses, as for [`Json`].
+impl<T, S> axum::extract::OptionalFromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let json = is_json_content_type(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large("the request body exceeds the configured limit")
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if !json {
+            return Err(ApiError::unsupported_media_type(
+                "expected no body, or a body with Content-Type: application/json",
+            ));
+        }
+        parse_json(&bytes).map(|v| Some(Json(v)))
+    }
+}
+
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()

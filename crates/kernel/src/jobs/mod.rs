@@ -146,6 +146,19 @@ pub struct JobContext {
     pub max_attempts: u32,
 }
 
+impl JobContext {
+    /// A system actor's scope inside `org_id` (the actor is the job type), for a platform job
+    /// that visits organizations one by one — a scheduled task that marks every
+    /// organization's overdue items, say — having found their ids in its own tables. `None`
+    /// for a job enqueued for an organization: that one acts only inside [`Self::scope`].
+    pub fn org_scope(&self, org_id: Uuid) -> Option<TenantScope> {
+        match self.scope {
+            None => Some(TenantScope::system(org_id, self.job_type)),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Runs one job of a type. Usually made from an async function by [`JobDefinition::new`];
 /// implement it directly for handlers that work on the raw JSON payload.
 ///

@@ -544,6 +544,41 @@ impl Files {
         }
     }
 
+    /// Stores bytes an app produced itself (an export, a report) for the scope's
+    /// organization, under their SHA-256, which it returns. No type check and no
+    /// `keel_files` row (these are not uploaded documents and are not listed or served by
+    /// `/api/v1/files`): the app records the checksum and serves the bytes through its own
+    /// scoped route with [`Files::get_object`]. Not bound by `files.max_bytes`.
+    pub async fn put_object(&self, scope: &TenantScope, bytes: Bytes) -> Result<String, FileError> {
+        let sha256 = sha256_hex(&bytes);
+        let key = BlobKey {
+            org_id: scope.org_id(),
+            sha256: sha256.clone(),
+        };
+        self.blobs
+            .put(&key, bytes)
+            .await
+            .map_err(FileError::Backend)?;
+        Ok(sha256)
+    }
+
+    /// Bytes stored with [`Files::put_object`] for the scope's organization (another
+    /// organization's checksum finds nothing).
+    pub async fn get_object(&self, scope: &TenantScope, sha256: &str) -> Result<Bytes, FileError> {
+        if !is_sha256(sha256) {
+            return Err(FileError::NotFound);
+        }
+        let key = BlobKey {
+            org_id: scope.org_id(),
+            sha256: sha256.to_string(),
+        };
+        self.blobs
+            .get(&key)
+            .await
+            .map_err(FileError::Backend)?
+            .ok_or(FileError::NotFound)
+    }
+
     /// Deletes a file: its row, then its object. False when there was none.
     pub async fn delete(
         &self,
@@ -652,5 +687,28 @@ mod tests {
         store.delete(&key).await.expect("delete");
         store.delete(&key).await.expect("delete twice");
         assert!(store.get(&key).await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn generated_objects_are_read_back_only_by_their_organization() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Files::new(Arc::new(LocalStore::new(dir.path())), 1);
+        let (a, b) = (
+            TenantScope::system(Uuid::now_v7(), "test"),
+            TenantScope::system(Uuid::now_v7(), "test"),
+        );
+        // A CSV is no document type and larger than `max_bytes`: generated objects pass.
+        let csv = Bytes::from_static(b"id,reference\n1,EXP-1\n");
+        let sha = files.put_object(&a, csv.clone()).await.expect("put");
+        assert_eq!(sha, sha256_hex(&csv));
+        assert_eq!(files.get_object(&a, &sha).await.expect("get"), csv);
+        assert!(matches!(
+            files.get_object(&b, &sha).await,
+            Err(FileError::NotFound)
+        ));
+        assert!(matches!(
+            files.get_object(&a, "../x").await,
+            Err(FileError::NotFound)
+        ));
     }
 }

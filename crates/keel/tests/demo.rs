@@ -1,0 +1,223 @@
+//! `keel demo seed`: the real binary creates the demo organization, its users and a batch of
+//! shipments; the printed credentials sign in, the totals the API reports equal the rows, the
+//! partner user sees only their partner's shipments, and a second run adds a batch.
+
+use std::sync::Arc;
+
+use keel_testkit::TestApp;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn keel_demo(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let config = &app.state.config;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.current_dir(app.db.data_dir()).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.env("KEEL_DATA_DIR", app.db.data_dir())
+        .env("KEEL_DATABASE_URL", config.database_url())
+        .env("KEEL_LOG__LEVEL", "error");
+    if let Some(schema) = &config.database.schema {
+        cmd.env("KEEL_DATABASE__SCHEMA", schema);
+    }
+    cmd.args(["demo", "seed"])
+        .args(args)
+        .output()
+        .expect("run keel")
+}
+
+async fn total(app: &TestApp, token: &str, query: &str) -> u64 {
+    let r = app
+        .get_as(&format!("/api/v1/trade/shipments?{query}"), token)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("json");
+    body["pagination"]["total"].as_u64().expect("a total")
+}
+
+async fn count(app: &TestApp, filter: &str) -> u64 {
+    #[derive(sqlx::FromRow)]
+    struct N {
+        n: i64,
+    }
+    let sql =
+        format!("SELECT COUNT(*) AS n FROM trade_shipments WHERE deleted_at IS NULL {filter}");
+    let n: N = match &app.state.db {
+        keel_kernel::store::Db::Sqlite(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .expect("count"),
+        keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .expect("count"),
+    };
+    u64::try_from(n.n).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
+    let app = TestApp::builder()
+        .module(Arc::new(keel_trade::TradeModule))
+        .spawn()
+        .await
+        .expect("server");
+    let out = keel_demo(&app, &["--shipments", "1500"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let accounts = report["accounts"].as_array().expect("accounts");
+    assert_eq!(accounts.len(), 3);
+    let password = accounts[0]["password"]
+        .as_str()
+        .expect("a generated password");
+    assert!(password.len() >= 20);
+
+    let admin = app
+        .sign_in("admin@demo-exports.example.com", password)
+        .await;
+    assert_eq!(total(&app, &admin.access_token, "").await, 1500);
+    for status in ["draft", "booked", "in_transit", "delivered", "cancelled"] {
+        assert_eq!(
+            total(&app, &admin.access_token, &format!("status={status}")).await,
+            count(&app, &format!("AND status = '{status}'")).await,
+            "{status}"
+        );
+    }
+    for ebrc in ["pending", "filed", "realized", "overdue"] {
+        assert_eq!(
+            total(&app, &admin.access_token, &format!("ebrc_status={ebrc}")).await,
+            count(&app, &format!("AND ebrc_status = '{ebrc}'")).await,
+            "{ebrc}"
+        );
+    }
+    assert!(
+        count(&app, "AND status = 'delivered'").await > 500,
+        "a realistic mix"
+    );
+
+    // The partner user sees only the shipments of their partner.
+    let buyer = app
+        .sign_in("buyer@demo-exports.example.com", password)
+        .await;
+    let seen = total(&app, &buyer.access_token, "").await;
+    assert_eq!(seen, count(&app, "AND buyer_partner_id IS NOT NULL").await);
+    assert!(seen > 0 && seen < 1500);
+    let page: Value = app
+        .get_as("/api/v1/trade/shipments?page_size=100", &buyer.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    for s in page["data"].as_array().expect("data") {
+        assert_eq!(s["buyer_name"], "Hamburg Imports GmbH");
+    }
+
+    // A second run adds a batch to the same organization and prints no password.
+    let again = keel_demo(&app, &["--shipments", "500"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let report: Value = serde_json::from_slice(&again.stdout).expect("a JSON report");
+    assert!(report["accounts"][0]["password"].is_null());
+    assert_eq!(total(&app, &admin.access_token, "").await, 2000);
+
+    // A weak --password is refused before anything is written.
+    let weak = keel_demo(&app, &["--shipments", "10", "--password", "short"]);
+    assert!(!weak.status.success());
+    assert_eq!(total(&app, &admin.access_token, "").await, 2000);
+}
+
+/// `keel serve --demo` on an empty data directory: seeds on first start, prints how to sign
+/// in, and the printed password works against the running server.
+#[tokio::test]
+async fn serve_demo_seeds_on_first_start_and_prints_how_to_sign_in() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.current_dir(dir.path()).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    let mut child = cmd
+        .args(["serve", "--demo"])
+        .env("KEEL_LISTEN", "127.0.0.1:0")
+        .env("KEEL_LOG__FORMAT", "json")
+        .env("KEEL_AUTH__ARGON2_MEMORY_KIB", "1024")
+        .env("KEEL_AUTH__ARGON2_ITERATIONS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel serve --demo");
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let tx_out = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                let _ = tx_out.send(("addr".into(), addr));
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("admin@demo-exports.example.com")
+                && let Some(p) = line.split("password: ").nth(1)
+            {
+                let _ = tx.send(("password".into(), p.trim().to_string()));
+            }
+        }
+    });
+    let (mut addr, mut password) = (None, None);
+    while addr.is_none() || password.is_none() {
+        let (k, v) = rx
+            .recv_timeout(Duration::from_secs(90))
+            .expect("keel serve --demo printed its address and the demo password");
+        if k == "addr" {
+            addr = Some(v);
+        } else {
+            password = Some(v);
+        }
+    }
+    let (addr, password) = (addr.unwrap_or_default(), password.unwrap_or_default());
+    let client = keel_testkit::client();
+    let login: Value = client
+        .post(format!("http://{addr}/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": "admin@demo-exports.example.com", "password": password}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["access_token"]
+        .as_str()
+        .expect("signed in")
+        .to_string();
+    let list: Value = client
+        .get(format!("http://{addr}/api/v1/trade/shipments"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["pagination"]["total"], 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
