@@ -225,7 +225,7 @@ async fn demo_seed(
     password: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     ensure_dev_secrets(&mut config)?;
-    keel_kernel::observe::init_logging(&config);
+    keel_kernel::observe::init_cli_logging(&config);
     config.listen = "127.0.0.1:0".into();
     config.metrics.listen = None;
     let app = Application::build(config, modules()).await?;
@@ -338,7 +338,7 @@ async fn worker(mut config: Config, queues: Vec<String>) -> anyhow::Result<ExitC
 
 async fn audit_cmd(config: Config, action: AuditAction) -> anyhow::Result<ExitCode> {
     use keel_kernel::audit;
-    keel_kernel::observe::init_logging(&config);
+    keel_kernel::observe::init_cli_logging(&config);
     let registry = server::registry(&config, modules())?;
     let db = Db::connect(&config).await?;
     // The audit tables must exist and match this build.
@@ -423,7 +423,7 @@ async fn keys_cmd(mut config: Config, action: KeysAction) -> anyhow::Result<Exit
     use keel_kernel::crypto::{KeyRing, keys};
     // In development the key lives in the data directory's generated secrets.
     ensure_dev_secrets(&mut config)?;
-    keel_kernel::observe::init_logging(&config);
+    keel_kernel::observe::init_cli_logging(&config);
     let registry = server::registry(&config, modules())?;
     let ring = KeyRing::from_config(&config)?;
     let db = Db::connect(&config).await?;
@@ -518,7 +518,7 @@ async fn keys_cmd(mut config: Config, action: KeysAction) -> anyhow::Result<Exit
 }
 
 async fn migrate_cmd(config: Config, action: MigrateAction) -> anyhow::Result<ExitCode> {
-    keel_kernel::observe::init_logging(&config);
+    keel_kernel::observe::init_cli_logging(&config);
     let registry = server::registry(&config, modules())?;
     let db = Db::connect(&config).await?;
     let modules = registry.migrations();

@@ -169,6 +169,11 @@ pub async fn seed(ctx: DemoContext) -> anyhow::Result<String> {
     )
     .await?;
     tx.commit().await?;
+    // The planner's statistics still describe the tables before this load.
+    ctx.state
+        .db
+        .analyze(&["trade_shipments", "trade_shipment_tallies"])
+        .await?;
     Ok(format!(
         "{} shipments (references DEMO-{}-…)",
         ctx.size, ctx.batch

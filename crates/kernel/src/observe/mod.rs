@@ -23,10 +23,25 @@ use crate::redact::{
 /// the redactor cannot be built — logging then stays off rather than write unmasked data
 /// (a validated configuration always builds one).
 pub fn init_logging(config: &Config) -> bool {
+    init(config, false)
+}
+
+/// [`init_logging`] for one-shot commands whose results go to stdout (`keel demo seed`,
+/// `keel keys status`, …): the log goes to stderr, so stdout stays machine-readable.
+pub fn init_cli_logging(config: &Config) -> bool {
+    init(config, true)
+}
+
+fn init(config: &Config, to_stderr: bool) -> bool {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let layer = match log_layer(config, std::io::stdout, std::io::stdout().is_terminal()) {
+    let layer = if to_stderr {
+        log_layer(config, std::io::stderr, std::io::stderr().is_terminal())
+    } else {
+        log_layer(config, std::io::stdout, std::io::stdout().is_terminal())
+    };
+    let layer = match layer {
         Ok(layer) => layer,
         Err(e) => {
             eprintln!("keel: logging is off: {e}");

@@ -390,6 +390,30 @@ impl Db {
         .map(|r| r.rows_affected()))?)
     }
 
+    /// Refreshes the query planner's statistics of `tables` after a bulk load. On PostgreSQL
+    /// this is `ANALYZE`: autovacuum gets there on its own within minutes, but until then the
+    /// planner believes freshly filled tables are empty and may read a whole organization
+    /// and sort it instead of walking an index (155 ms against 0.1 ms for a page of the
+    /// 100,000-shipment demo). SQLite's planner picks Keel's indexes without statistics
+    /// (the plan tests check it), so this does nothing there. `tables` are names from code,
+    /// never input: anything but letters, digits and `_` is refused.
+    pub async fn analyze(&self, tables: &[&str]) -> Result<(), StoreError> {
+        let Db::Postgres(pool) = self else {
+            return Ok(());
+        };
+        for t in tables {
+            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StoreError::Other(anyhow::anyhow!(
+                    "analyze: not a table name: {t:?}"
+                )));
+            }
+            sqlx::query(AssertSqlSafe(format!("ANALYZE \"{t}\"")))
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match self {
