@@ -15,6 +15,10 @@ use keel_kernel::module::Module;
 use keel_kernel::server::{self, Application};
 use keel_kernel::store::{Db, migrate};
 
+/// jemalloc instead of the C library's allocator: see `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The apps this binary ships, in start-up order. One line per app.
 fn modules() -> Vec<Arc<dyn Module>> {
     vec![Arc::new(keel_trade::TradeModule)]

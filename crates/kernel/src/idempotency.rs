@@ -16,9 +16,8 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -64,12 +63,16 @@ fn context(org: Uuid, user: Uuid, key: &str) -> String {
     format!("idempotency_keys|response|{org}|{user}|{key}")
 }
 
-pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn idempotency<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if req.method() != Method::POST || exempt(req.uri().path()) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let Some(raw_key) = req.headers().get(&IDEMPOTENCY_KEY).cloned() else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let key = match raw_key.to_str() {
         Ok(k)
@@ -88,10 +91,10 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     let (mut parts, body) = req.into_parts();
     let principal = match parts.extensions.get::<Principal>().cloned() {
         Some(p) => p,
-        None => match Principal::from_request_parts(&mut parts, &state).await {
+        None => match Principal::from_request_parts(&mut parts, state).await {
             Ok(p) => p,
             // Anonymous or refused: the handler answers as it would without the key.
-            Err(_) => return next.run(Request::from_parts(parts, body)).await,
+            Err(_) => return next(Request::from_parts(parts, body)).await,
         },
     };
     let limit = state.config.http.body_limit_bytes;
@@ -112,7 +115,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
 
     let (org, user) = (principal.org_id, principal.user_id);
     let lock_for = state.config.request_timeout() + Duration::from_secs(5);
-    match claim(&state, org, user, &key, &request_hash, lock_for).await {
+    match claim(state, org, user, &key, &request_hash, lock_for).await {
         Ok(Claim::Run) => {}
         Ok(Claim::Replay(stored)) => return replay(&stored),
         Ok(Claim::Conflict) => {
@@ -130,14 +133,12 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Err(e) => return ApiError::from(e).into_response(),
     }
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let response = next(Request::from_parts(parts, Body::from(bytes))).await;
     let status = response.status();
     // Only successes are kept: a refused request changed nothing, so running it again (or a
     // corrected one with the same key) is safe, and an error's body is rendered later.
     if !(status.is_success() || status.is_redirection()) {
-        if let Err(e) = release(&state, org, user, &key).await {
+        if let Err(e) = release(state, org, user, &key).await {
             tracing::warn!(error = %e, "could not release an idempotency key");
         }
         return response;
@@ -147,7 +148,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "could not read a response to store it");
-            let _ = release(&state, org, user, &key).await;
+            let _ = release(state, org, user, &key).await;
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
@@ -165,10 +166,10 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             .collect(),
         body: STANDARD.encode(&body),
     };
-    if let Err(e) = complete(&state, org, user, &key, &stored).await {
+    if let Err(e) = complete(state, org, user, &key, &stored).await {
         // The effect happened and the response stands; a retry will re-run the request.
         tracing::error!(error = %e, "could not store an idempotent response");
-        let _ = release(&state, org, user, &key).await;
+        let _ = release(state, org, user, &key).await;
     }
     Response::from_parts(resp_parts, Body::from(body))
 }

@@ -284,6 +284,29 @@ pub async fn run_worker(
     })
 }
 
+/// Everything that needs the matched route, in one route layer, outermost first: the route
+/// template into the request span, request metrics, the route's rate-limit policy, then
+/// `Idempotency-Key` replay around the handler.
+///
+/// One layer rather than one per concern: axum wraps every route in each route layer, and a
+/// request clones the wrapped stack once per level it passes, so the cost of a layer grows
+/// with the number of layers inside it.
+async fn per_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
+        tracing::Span::current().record("route", m.as_str());
+    }
+    crate::metrics::track(&state, req, |req| {
+        crate::limits::http::limit_requests(&state, req, |req| {
+            crate::idempotency::idempotency(&state, req, |req| next.run(req))
+        })
+    })
+    .await
+}
+
 /// Aborts a spawned task when dropped, so that dropping `run_until_stopped` (a crash, in
 /// tests) takes the HTTP server down with it.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -302,16 +325,7 @@ impl Application {
         let router = router
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                crate::idempotency::idempotency,
-            ))
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::limits::http::limit_requests,
-            ))
-            .route_layer(axum::middleware::from_fn(http::context::record_route))
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::metrics::track,
+                per_route,
             ))
             .with_state(state.clone())
             .merge(docs_router());

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
@@ -44,6 +44,20 @@ pub struct ClientIp(pub IpAddr);
 pub struct ContextSettings {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub max_url_bytes: usize,
+}
+
+/// A fresh request id: a UUIDv7 (time-ordered, so log lines sort by arrival), its random
+/// bits from the thread's userspace generator rather than a `getrandom` system call per
+/// request.
+fn new_request_id() -> Arc<str> {
+    use rand::Rng as _;
+    let mut random = [0u8; 10];
+    rand::rng().fill(&mut random);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    Arc::from(&*id.simple().encode_lower(&mut uuid::Uuid::encode_buffer()))
 }
 
 fn sane_request_id(value: &HeaderValue) -> Option<&str> {
@@ -96,7 +110,7 @@ pub async fn request_context(
     let started = Instant::now();
     let request_id: Arc<str> = match req.headers().get(&X_REQUEST_ID).and_then(sane_request_id) {
         Some(id) => Arc::from(id),
-        None => Arc::from(uuid::Uuid::now_v7().simple().to_string()),
+        None => new_request_id(),
     };
     let peer = req
         .extensions()
@@ -187,14 +201,6 @@ fn is_problem(response: &Response) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_CONTENT_TYPE.as_bytes()))
 }
 
-/// Inside the router (matched routes only): records the route template in the request span.
-pub async fn record_route(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    if let Some(m) = matched {
-        tracing::Span::current().record("route", m.as_str());
-    }
-    next.run(req).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +233,20 @@ mod tests {
         assert!(sane_request_id(&HeaderValue::from_static("has space")).is_none());
         let long = "x".repeat(129);
         assert!(sane_request_id(&HeaderValue::from_str(&long).expect("hv")).is_none());
+    }
+
+    #[test]
+    fn made_request_ids_are_distinct_time_ordered_uuids() {
+        let a = new_request_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32);
+            let parsed = uuid::Uuid::parse_str(id).expect("a uuid");
+            assert_eq!(parsed.get_version_num(), 7);
+            assert!(sane_request_id(&HeaderValue::from_str(id).expect("hv")).is_some());
+        }
+        assert!(a < b, "later ids sort after earlier ones");
     }
 }

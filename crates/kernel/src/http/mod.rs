@@ -2,9 +2,15 @@
 //! first):
 //!
 //! compression → request context (request id, client IP, span, access log, problem bodies)
-//! → security headers → CORS → panic guard → timeout → body limit → router.
+//! → load shedding → security headers → CORS → panic guard → timeout → body limit → router
+//! → (matched routes) route span, metrics, rate limit, idempotency → handler.
 //!
 //! Routes come from the enabled modules; anything unmatched answers a 404 problem.
+//!
+//! The layers wrap the router once, as one service, instead of through `Router::layer`:
+//! that would wrap every route separately, and axum clones a route's whole wrapped stack at
+//! each level a request passes through, so each added layer made every request pay for
+//! all the layers inside it again.
 
 pub mod concurrency;
 pub mod context;
@@ -19,6 +25,7 @@ use axum::Router;
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tower::{Layer as _, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -32,7 +39,8 @@ pub use extract::{Json, Path, Query};
 
 use crate::config::Config;
 
-/// Wraps the application router in the kernel's layers.
+/// Wraps the application router in the kernel's layers: the result is a router whose only
+/// route is its fallback, the whole stack around `router`.
 pub fn with_layers(router: Router, config: &Config) -> Router {
     let settings = context::ContextSettings {
         trusted_proxies: Arc::new(config.trusted_proxies()),
@@ -40,27 +48,32 @@ pub fn with_layers(router: Router, config: &Config) -> Router {
     };
     let shed = LoadShed::new(config.http.max_in_flight);
     let production = config.is_production();
-    let router = router
-        .fallback(no_route)
-        .layer(RequestBodyLimitLayer::new(config.http.body_limit_bytes))
+    let stack = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            settings,
+            context::request_context,
+        ))
+        .layer(axum::middleware::from_fn_with_state(shed, shed_load))
+        .layer(axum::middleware::map_response(move |r: Response| {
+            security_headers(r, production)
+        }))
+        .layer(cors(config))
+        // tower-http's layers each answer with their own body type; these maps keep every
+        // layer's inner response an axum `Response` (whose body the next layer can build).
+        .map_response(IntoResponse::into_response)
+        .layer(CatchPanicLayer::custom(on_panic))
+        .map_response(IntoResponse::into_response)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout(),
         ))
-        .layer(CatchPanicLayer::custom(on_panic))
-        .layer(cors(config))
-        .layer(axum::middleware::map_response(move |r: Response| {
-            security_headers(r, production)
-        }))
-        .layer(axum::middleware::from_fn_with_state(shed, shed_load))
-        .layer(axum::middleware::from_fn_with_state(
-            settings,
-            context::request_context,
-        ));
+        .map_response(IntoResponse::into_response)
+        .layer(RequestBodyLimitLayer::new(config.http.body_limit_bytes))
+        .service(router.fallback(no_route));
     if config.http.compression {
-        router.layer(CompressionLayer::new().gzip(true).br(true))
+        Router::new().fallback_service(CompressionLayer::new().gzip(true).br(true).layer(stack))
     } else {
-        router
+        Router::new().fallback_service(stack)
     }
 }
 

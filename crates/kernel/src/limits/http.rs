@@ -10,9 +10,8 @@
 //! Every limited response carries `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset`; a refusal is a 429 problem naming the policy, with `Retry-After`.
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{Decision, KeyKind, LimitError};
@@ -87,16 +86,22 @@ pub async fn check(state: &AppState, policy: &str, key: &str) -> Result<Decision
     }
 }
 
-pub async fn limit_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The route's rate-limit policy (part of the kernel's per-route middleware, see
+/// [`crate::server`]): `next` runs the rest of the request when the call is allowed.
+pub async fn limit_requests<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let Some(path) = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
     else {
-        return next.run(req).await;
+        return next(req).await;
     };
     if exempt(&path) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let (mut parts, body) = req.into_parts();
     let has_credentials = parts.headers.contains_key(header::AUTHORIZATION)
@@ -104,7 +109,7 @@ pub async fn limit_requests(State(state): State<AppState>, req: Request, next: N
     // Resolving the caller here also serves the handler: the principal is kept in the
     // request extensions, so the token is verified once.
     let principal = if has_credentials {
-        Principal::from_request_parts(&mut parts, &state).await.ok()
+        Principal::from_request_parts(&mut parts, state).await.ok()
     } else {
         None
     };
@@ -129,15 +134,15 @@ pub async fn limit_requests(State(state): State<AppState>, req: Request, next: N
     let key = match (kind, &principal) {
         (KeyKind::Session, _) => {
             // Decided by the handler once the session is known.
-            return next.run(Request::from_parts(parts, body)).await;
+            return next(Request::from_parts(parts, body)).await;
         }
         (KeyKind::Ip, _) | (_, None) => format!("{ns}ip:{ip}"),
         (KeyKind::User | KeyKind::UserOrIp, Some(p)) => format!("{ns}user:{}", p.user_id),
         (KeyKind::Org, Some(p)) => format!("{ns}org:{}", p.org_id),
     };
-    match check(&state, policy, &key).await {
+    match check(state, policy, &key).await {
         Ok(decision) => {
-            let mut response = next.run(Request::from_parts(parts, body)).await;
+            let mut response = next(Request::from_parts(parts, body)).await;
             add_headers(&mut response, &decision);
             response
         }

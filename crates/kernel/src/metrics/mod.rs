@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -183,22 +182,24 @@ fn status_class(status: StatusCode) -> &'static str {
 /// Route layer: counts and times each matched request under its route template, feeds the
 /// recent window of `GET /api/v1/metrics`, and warns about slow requests. A handler that
 /// panics is recorded as a 5xx (the panic guard outside answers 500).
-pub async fn track(
-    State(state): State<AppState>,
-    matched: Option<MatchedPath>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+pub async fn track<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let mut guard = Tracked {
-        state,
+        state: state.clone(),
         method: req.method().as_str().to_string(),
         route,
         started: std::time::Instant::now(),
         status: None,
     };
     metrics::gauge!("keel_http_requests_in_flight").increment(1.0);
-    let response = next.run(req).await;
+    let response = next(req).await;
     guard.status = Some(response.status());
     response
 }
