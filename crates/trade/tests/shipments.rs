@@ -224,6 +224,99 @@ async fn the_lifecycle_moves_only_forward_and_409_names_the_allowed_moves() {
 }
 
 #[tokio::test]
+async fn the_transitions_route_moves_as_the_actions_do_and_names_what_is_allowed() {
+    let app = spawn().await;
+    let admin = app.register_org("moves@acme.example", "Acme").await;
+    let s = create_shipment(&app, &admin, "MOVE-1", json!({})).await;
+    let id = id_of(&s);
+    let path = format!("/api/v1/trade/shipments/{id}/transitions");
+    let to = |body: Value| {
+        let (app, token, path) = (&app, admin.access_token.clone(), path.clone());
+        async move { app.post_as(&path, &token, &body).await }
+    };
+
+    // A move the lifecycle does not allow: 409 with where it is and where it may go.
+    let r = to(json!({"to": "delivered"})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let p = problem(r).await;
+    assert_eq!(p["current_status"], "draft");
+    assert_eq!(p["allowed"], json!(["booked", "cancelled"]));
+    // Back to draft is a status, but never a move.
+    let r = to(json!({"to": "draft"})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // Not a status at all, or a reason too long: 422 naming the field, nothing changes.
+    let r = to(json!({"to": "shipped"})).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p = problem(r).await;
+    assert_eq!(p["errors"][0]["field"], "to", "{p}");
+    assert!(p.to_string().contains("in_transit"), "{p}");
+    let r = to(json!({"to": "booked", "reason": "x".repeat(501)})).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem(r).await["errors"][0]["field"], "reason");
+    let r = to(json!({"status": "booked"})).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "`to` is required");
+    let unchanged: Value = app
+        .get_as(&format!("/api/v1/trade/shipments/{id}"), &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(unchanged["status"], "draft");
+    assert_eq!(unchanged["version"], 1);
+
+    // A stale version is refused; the current one moves it, with the reason audited.
+    let r = to(json!({"to": "booked", "version": 5})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = to(json!({"to": "booked", "version": 1, "reason": "buyer confirmed"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let booked: Value = r.json().await.expect("json");
+    assert_eq!(booked["status"], "booked");
+    assert_eq!(booked["version"], 2);
+    for (target, status) in [("in_transit", "in_transit"), ("delivered", "delivered")] {
+        let r = to(json!({"to": target})).await;
+        assert_eq!(r.status(), StatusCode::OK, "{target}");
+        assert_eq!(r.json::<Value>().await.expect("json")["status"], status);
+    }
+    let r = to(json!({"to": "cancelled"})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(problem(r).await["allowed"], json!([]));
+    let actions = common::audit_actions(&app, &admin, "trade.shipment", &id).await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "trade.shipment.status_changed")
+            .count(),
+        3,
+        "{actions:?}"
+    );
+    let events = common::audit_events(&app, &admin, "trade.shipment.status_changed").await;
+    assert!(
+        events.iter().any(|e| e.to_string().contains("buyer confirmed")),
+        "the reason is audited"
+    );
+
+    // The per-action routes and /transitions are the same move.
+    let other = id_of(&create_shipment(&app, &admin, "MOVE-2", json!({})).await);
+    assert_eq!(act(&app, &admin, &other, "book").await.status(), StatusCode::OK);
+    let r = app
+        .post_as(
+            &format!("/api/v1/trade/shipments/{other}/transitions"),
+            &admin.access_token,
+            &json!({"to": "booked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(problem(r).await["current_status"], "booked");
+    let counts: Value = app
+        .get_as("/api/v1/trade/shipments?status=booked", &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(counts["pagination"]["total"], 1, "the tallies moved with it");
+}
+
+#[tokio::test]
 async fn only_drafts_are_deleted_and_updates_need_the_current_version() {
     let app = spawn().await;
     let admin = app.register_org("del@acme.example", "Acme").await;

@@ -33,6 +33,7 @@ pub fn router() -> ModuleRouter {
             update_shipment,
             delete_shipment
         ))
+        .routes(utoipa_axum::routes!(transition_shipment))
         .routes(utoipa_axum::routes!(book))
         .routes(utoipa_axum::routes!(dispatch))
         .routes(utoipa_axum::routes!(deliver))
@@ -566,7 +567,19 @@ pub struct TransitionInput {
     pub reason: Option<String>,
 }
 
-/// Moves a shipment to `to`; 409 names the moves allowed from where it is.
+/// The reason of a transition, trimmed (none when blank).
+fn transition_reason(raw: Option<&str>) -> Result<Option<String>, FieldError> {
+    match raw.map(str::trim) {
+        Some(r) if r.chars().count() > 500 => {
+            Err(FieldError::new("reason", "must be at most 500 characters"))
+        }
+        Some(r) if !r.is_empty() => Ok(Some(r.to_string())),
+        _ => Ok(None),
+    }
+}
+
+/// Moves a shipment to `to`; 409 names the moves allowed from where it is. Every route that
+/// changes a shipment's status (`/transitions` and the per-action routes) comes here.
 async fn transition(
     state: &AppState,
     scope: &TenantScope,
@@ -578,13 +591,8 @@ async fn transition(
 ) -> ApiResult<Json<Shipment>> {
     let body = body.unwrap_or_default();
     let expected = expected_version(headers, body.version)?;
-    let reason = match body.reason.as_deref().map(str::trim) {
-        Some(r) if r.chars().count() > 500 => {
-            return Err(ApiError::invalid_field("reason", "at most 500 characters"));
-        }
-        Some(r) if !r.is_empty() => Some(r.to_string()),
-        _ => None,
-    };
+    let reason =
+        transition_reason(body.reason.as_deref()).map_err(|e| ApiError::validation(vec![e]))?;
     let (reason, expected) = (&reason, &expected);
     let shipment = state
         .db
@@ -682,6 +690,60 @@ transition_route!(
     Status::Cancelled,
     "Cancels a shipment that is not delivered yet."
 );
+
+/// A move along the lifecycle.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRequest {
+    /// The status to move to: `booked`, `in_transit`, `delivered` or `cancelled` (from
+    /// `draft`, `booked`, `in_transit`, `delivered`, `cancelled`; a move the lifecycle does
+    /// not allow answers 409 naming the allowed ones).
+    pub to: String,
+    /// The version you read (or send `If-Match`); a stale one answers 409.
+    pub version: Option<i64>,
+    /// Why (kept in the audit trail), up to 500 characters.
+    pub reason: Option<String>,
+}
+
+/// Moves a shipment along its lifecycle: `draft → booked → in_transit → delivered`, or to
+/// `cancelled` from any state before `delivered` (the same move as the per-action routes
+/// `/book`, `/dispatch`, `/deliver` and `/cancel`).
+#[utoipa::path(post, path = "/api/v1/trade/shipments/{id}/transitions", tag = "trade",
+    security(("bearer" = ["trade.shipments.write"])),
+    params(("id" = Uuid, Path)),
+    request_body = TransitionRequest,
+    responses((status = 200, body = Shipment), (status = 404, description = "No such shipment"),
+        (status = 409, description = "Not allowed from the current status (the problem lists `current_status` and `allowed`), or a stale version"),
+        (status = 412, description = "Stale If-Match"),
+        (status = 422, description = "`to` is not a status, or `reason` is too long")))]
+pub async fn transition_shipment(
+    State(state): State<AppState>,
+    auth: Authorized<ShipmentsWrite>,
+    ctx: AuditContext,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(body): Json<TransitionRequest>,
+) -> ApiResult<Json<Shipment>> {
+    let mut errors = Vec::new();
+    let to = Status::parse(body.to.trim()).or_else(|| {
+        errors.push(FieldError::new(
+            "to",
+            "must be one of booked, in_transit, delivered, cancelled",
+        ));
+        None
+    });
+    if let Err(e) = transition_reason(body.reason.as_deref()) {
+        errors.push(e);
+    }
+    let Some(to) = to.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    let input = TransitionInput {
+        version: body.version,
+        reason: body.reason,
+    };
+    transition(&state, &auth.scope(), &ctx, id, &headers, Some(input), to).await
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
