@@ -161,15 +161,19 @@ pub fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, 
 pub struct ShipmentInput {
     /// Unique in the organization (case-insensitive): letters, digits, `-_/.`, 1–64.
     pub reference: String,
-    /// The buyer as a business partner; its name is used when `buyer_name` is absent.
+    /// The buyer as a business partner of the organization: the shipment takes the
+    /// partner's name (`buyer_name` is then not used).
     pub buyer_partner_id: Option<Uuid>,
-    /// Required without `buyer_partner_id`.
+    /// Required without `buyer_partner_id`, 1–200 characters.
     pub buyer_name: Option<String>,
-    /// ISO 3166-1 alpha-2.
+    /// ISO 3166-1 alpha-2. Required without `buyer_partner_id` (a partner record keeps no
+    /// country, so it may be given with one too).
     pub buyer_country: Option<String>,
     /// ISO 3166-1 alpha-2.
     pub destination_country: String,
+    /// A UN/LOCODE: 2-letter country and 3 letters or digits (`INNSA`), any case.
     pub port_of_loading: Option<String>,
+    /// A UN/LOCODE (`DEHAM`), any case.
     pub port_of_discharge: Option<String>,
     /// Incoterms 2020: EXW, FCA, CPT, CIP, DAP, DPU, DDP, FAS, FOB, CFR, CIF.
     pub incoterm: Option<String>,
@@ -226,29 +230,6 @@ impl ShipmentInput {
                 "must be 1–64 letters, digits or -_/.",
             ));
         }
-        let mut buyer_name = text(&mut errors, "buyer_name", self.buyer_name.as_deref(), 200);
-        if let Some(p) = self.buyer_partner_id {
-            match keel_kernel::partners::store::get(tx, scope, p).await {
-                Ok(partner) => {
-                    buyer_name.get_or_insert(partner.name);
-                }
-                Err(StoreError::NotFound) => errors.push(FieldError::new(
-                    "buyer_partner_id",
-                    "no such business partner in this organization",
-                )),
-                Err(e) => return Err(e.into()),
-            }
-        } else if buyer_name.is_none()
-            && self
-                .buyer_name
-                .as_deref()
-                .is_none_or(|n| n.trim().is_empty())
-        {
-            errors.push(FieldError::new(
-                "buyer_name",
-                "is required without buyer_partner_id",
-            ));
-        }
         let country_of = |errors: &mut Vec<FieldError>, field: &str, raw: &str| {
             codes::country(raw).or_else(|| {
                 errors.push(FieldError::new(
@@ -258,26 +239,68 @@ impl ShipmentInput {
                 None
             })
         };
-        let buyer_country = self
-            .buyer_country
-            .as_deref()
-            .and_then(|c| country_of(&mut errors, "buyer_country", c));
+        let given_country = self.buyer_country.as_deref().filter(|c| !c.trim().is_empty());
+        let buyer_country = given_country.and_then(|c| country_of(&mut errors, "buyer_country", c));
+        // The buyer is a business partner of the organization (its record is the buyer's
+        // name; the kernel's partner keeps no country, so one may be given), or a name and a
+        // country given here.
+        let buyer_name = match self.buyer_partner_id {
+            Some(p) => match keel_kernel::partners::store::get(tx, scope, p).await {
+                Ok(partner) => Some(partner.name),
+                Err(StoreError::NotFound) => {
+                    errors.push(FieldError::new(
+                        "buyer_partner_id",
+                        "no such business partner in this organization",
+                    ));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let name = text(&mut errors, "buyer_name", self.buyer_name.as_deref(), 200);
+                if self
+                    .buyer_name
+                    .as_deref()
+                    .is_none_or(|n| n.trim().is_empty())
+                {
+                    errors.push(FieldError::new(
+                        "buyer_name",
+                        "is required without buyer_partner_id",
+                    ));
+                }
+                if given_country.is_none() {
+                    errors.push(FieldError::new(
+                        "buyer_country",
+                        "is required without buyer_partner_id",
+                    ));
+                }
+                name
+            }
+        };
         let destination_country = country_of(
             &mut errors,
             "destination_country",
             &self.destination_country,
         );
-        let port_of_loading = text(
+        let port = |errors: &mut Vec<FieldError>, field: &str, raw: Option<&str>| {
+            let raw = raw.map(str::trim).filter(|p| !p.is_empty())?;
+            codes::locode(raw).or_else(|| {
+                errors.push(FieldError::new(
+                    field,
+                    "must be a UN/LOCODE: a 2-letter country and 3 letters or digits (e.g. INNSA)",
+                ));
+                None
+            })
+        };
+        let port_of_loading = port(
             &mut errors,
             "port_of_loading",
             self.port_of_loading.as_deref(),
-            64,
         );
-        let port_of_discharge = text(
+        let port_of_discharge = port(
             &mut errors,
             "port_of_discharge",
             self.port_of_discharge.as_deref(),
-            64,
         );
         let incoterm = self.incoterm.as_deref().and_then(|i| {
             codes::incoterm(i).map(str::to_string).or_else(|| {

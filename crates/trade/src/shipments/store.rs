@@ -29,7 +29,9 @@ pub struct Shipment {
     pub buyer_country: Option<String>,
     /// ISO 3166-1 alpha-2.
     pub destination_country: String,
+    /// UN/LOCODE, upper case (`INNSA`).
     pub port_of_loading: Option<String>,
+    /// UN/LOCODE, upper case (`DEHAM`).
     pub port_of_discharge: Option<String>,
     /// An Incoterms 2020 rule (`FOB`, `CIF`, …).
     pub incoterm: Option<String>,
