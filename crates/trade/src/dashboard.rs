@@ -2,8 +2,9 @@
 //!
 //! Counts by status and e-BRC status come from the shipment tallies (at most 20 rows, never a
 //! count of shipments); this month's export value in INR is the GST summary's total for the
-//! current UTC month; overdue e-BRCs are live shipments not cancelled whose e-BRC is not
-//! realised `overdue_days` after the shipping bill date (a range on the
+//! current UTC month (drafts are not exports); overdue e-BRCs are live shipments that went
+//! ahead (booked, in transit or delivered — as the overdue job counts them) whose e-BRC is
+//! not realised `overdue_days` after the shipping bill date (a range on the
 //! `(org_id, shipping_bill_date)` index); recent activity is the organization's latest trade
 //! audit events. The whole is cached five minutes per organization and dropped by
 //! [`invalidate`] after every write that changes it.
@@ -161,7 +162,8 @@ async fn overdue(
     let cond = visible(scope)
         .add(Expr::col("shipping_bill_date").lt(cutoff))
         .add(Expr::col("ebrc_status").ne(EbrcStatus::Realized.as_str()))
-        .add(Expr::col("status").ne(Status::Cancelled.as_str()));
+        // As the overdue job: drafts and cancelled shipments have no e-BRC falling due.
+        .add(Expr::col("status").is_in(Status::exported()));
     #[derive(sqlx::FromRow)]
     struct Count {
         n: i64,

@@ -114,10 +114,7 @@ async fn organizations_with_open_ebrc(
                     Expr::col("ebrc_status")
                         .is_in([EbrcStatus::Pending.as_str(), EbrcStatus::Filed.as_str()]),
                 )
-                .and_where(
-                    Expr::col("status")
-                        .is_not_in([Status::Draft.as_str(), Status::Cancelled.as_str()]),
-                )
+                .and_where(Expr::col("status").is_in(Status::exported()))
                 .and_where(Expr::col("n").gt(0))
                 .to_owned(),
         )
@@ -150,10 +147,9 @@ async fn mark_in(
                                             EbrcStatus::Pending.as_str(),
                                             EbrcStatus::Filed.as_str(),
                                         ]))
-                                        .add(Expr::col("status").is_not_in([
-                                            Status::Draft.as_str(),
-                                            Status::Cancelled.as_str(),
-                                        ])),
+                                        .add(
+                                            Expr::col("status").is_in(Status::exported()),
+                                        ),
                                 )
                                 .order_by("shipping_bill_date", Order::Asc)
                                 .order_by("id", Order::Asc)

@@ -42,12 +42,13 @@ async fn every_write_is_visible_at_once() {
     assert_eq!(d["shipments"]["total"], 1, "{d}");
     assert_eq!(d["shipments"]["by_status"]["draft"], 1);
     assert_eq!(d["shipments"]["by_ebrc_status"]["pending"], 1);
-    assert_eq!(d["this_month"]["shipments"], 1);
-    assert_eq!(d["this_month"]["export_value_inr_minor"], 150_000);
+    // A draft is not an export yet: the month's value leaves it out.
+    assert_eq!(d["this_month"]["shipments"], 0);
+    assert_eq!(d["this_month"]["export_value_inr_minor"], 0);
     assert_eq!(d["recent_activity"][0]["action"], "trade.shipment.created");
     assert_eq!(d["recent_activity"][0]["resource_id"], s["id"]);
 
-    // Transition.
+    // Transition: booked, it is an export of the month.
     assert_eq!(
         act(&app, &admin, &id_of(&s), "book").await.status(),
         StatusCode::OK
@@ -55,6 +56,8 @@ async fn every_write_is_visible_at_once() {
     let d = dashboard(&app, &admin.access_token).await;
     assert_eq!(d["shipments"]["by_status"]["draft"], 0, "{d}");
     assert_eq!(d["shipments"]["by_status"]["booked"], 1);
+    assert_eq!(d["this_month"]["shipments"], 1);
+    assert_eq!(d["this_month"]["export_value_inr_minor"], 150_000);
     assert_eq!(
         d["recent_activity"][0]["action"],
         "trade.shipment.status_changed"
@@ -90,13 +93,17 @@ async fn every_write_is_visible_at_once() {
     assert_eq!(d["this_month"]["export_value_inr_minor"], 250_000, "{d}");
 
     // A USD shipment is unconverted until a rate is recorded; the rate shows at once.
-    create_shipment(
+    let usd = create_shipment(
         &app,
         &admin,
         "DASH-2",
         json!({"currency": "USD", "invoice_value_minor": 10_000, "shipping_bill_date": today}),
     )
     .await;
+    assert_eq!(
+        act(&app, &admin, &id_of(&usd), "book").await.status(),
+        StatusCode::OK
+    );
     let d = dashboard(&app, &admin.access_token).await;
     assert_eq!(d["this_month"]["unconverted_shipments"], 1, "{d}");
     create_rate(
@@ -143,36 +150,33 @@ async fn e_brcs_unrealised_after_overdue_days_are_overdue() {
     let admin = app.register_org("dash-overdue@acme.example", "Acme").await;
     let today = Utc::now().date_naive();
     let days_ago = |n: i64| (today - chrono::Duration::days(n)).to_string();
-    let old = create_shipment(
-        &app,
-        &admin,
-        "OLD-1",
-        json!({"shipping_bill_date": days_ago(300)}),
-    )
-    .await;
-    let older = create_shipment(
-        &app,
-        &admin,
-        "OLD-2",
-        json!({"shipping_bill_date": days_ago(400)}),
-    )
-    .await;
+    let booked = |reference: &'static str, days: i64| {
+        let (app, admin) = (&app, &admin);
+        let date = days_ago(days);
+        async move {
+            let s = create_shipment(app, admin, reference, json!({"shipping_bill_date": date}))
+                .await;
+            assert_eq!(
+                act(app, admin, &id_of(&s), "book").await.status(),
+                StatusCode::OK
+            );
+            s
+        }
+    };
+    let old = booked("OLD-1", 300).await;
+    let older = booked("OLD-2", 400).await;
     // Exactly 270 days: not overdue yet.
-    create_shipment(
-        &app,
-        &admin,
-        "EDGE",
-        json!({"shipping_bill_date": days_ago(270)}),
-    )
-    .await;
-    create_shipment(
-        &app,
-        &admin,
-        "RECENT",
-        json!({"shipping_bill_date": days_ago(10)}),
-    )
-    .await;
+    booked("EDGE", 270).await;
+    booked("RECENT", 10).await;
     create_shipment(&app, &admin, "UNDATED", json!({})).await;
+    // A draft never went ahead: no e-BRC falls due for it (the overdue job agrees).
+    create_shipment(
+        &app,
+        &admin,
+        "OLD-DRAFT",
+        json!({"shipping_bill_date": days_ago(450)}),
+    )
+    .await;
     // Cancelled: no e-BRC is expected.
     let cancelled = create_shipment(
         &app,
@@ -199,8 +203,10 @@ async fn e_brcs_unrealised_after_overdue_days_are_overdue() {
         .map(|s| s["id"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(ids, [id_of(&older), id_of(&old)], "oldest first");
-    assert_eq!(d["shipments"]["total"], 6);
+    assert_eq!(d["shipments"]["total"], 7);
     assert_eq!(d["shipments"]["by_status"]["cancelled"], 1);
+    assert_eq!(d["shipments"]["by_status"]["draft"], 2);
+
 }
 
 #[tokio::test]

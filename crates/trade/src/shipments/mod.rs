@@ -37,6 +37,16 @@ impl Status {
         Status::Cancelled,
     ];
 
+    /// The statuses of a shipment that went ahead (booked or further, not cancelled): only
+    /// these count as exports (the GST summary, the dashboard's month) and only their e-BRC
+    /// can fall overdue.
+    pub const EXPORTED: [Status; 3] = [Status::Booked, Status::InTransit, Status::Delivered];
+
+    /// [`Status::EXPORTED`] as stored.
+    pub fn exported() -> [&'static str; 3] {
+        Self::EXPORTED.map(Status::as_str)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Draft => "draft",
