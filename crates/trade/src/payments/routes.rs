@@ -171,7 +171,7 @@ async fn lock_shipment(tx: &mut Tx, scope: &TenantScope, id: Uuid) -> Result<boo
     request_body = PaymentInput,
     responses((status = 201, body = Payment),
         (status = 404, description = "No such shipment"),
-        (status = 409, description = "The shipment is cancelled, or a request with this Idempotency-Key is in progress"),
+        (status = 409, description = "The shipment is a draft or cancelled, or a request with this Idempotency-Key is in progress"),
         (status = 422, description = "Invalid fields (a currency other than the invoice's, a future date, …), or an Idempotency-Key reused with another body")))]
 pub async fn record_payment(
     State(state): State<AppState>,
@@ -192,10 +192,20 @@ pub async fn record_payment(
                 let shipment = shipments::get(tx, scope, shipment_id).await?;
                 let input = body.validate(&shipment.currency)?;
                 let cell = Tally::of(&shipment)?;
-                if cell.status == Status::Cancelled {
-                    return Err(ApiError::conflict(
-                        "the shipment is cancelled: it takes no payments",
-                    ));
+                match cell.status {
+                    Status::Draft => {
+                        return Err(ApiError::conflict(
+                            "the shipment is a draft: it takes payments once booked",
+                        )
+                        .with_extra("current_status", cell.status.as_str()));
+                    }
+                    Status::Cancelled => {
+                        return Err(ApiError::conflict(
+                            "the shipment is cancelled: it takes no payments",
+                        )
+                        .with_extra("current_status", cell.status.as_str()));
+                    }
+                    Status::Booked | Status::InTransit | Status::Delivered => {}
                 }
                 store::insert(
                     tx,
