@@ -151,6 +151,7 @@ impl Module for TradeModule {
             keel_kernel::migration!(3, "0003_connectors", "migrations"),
             keel_kernel::migration!(4, "0004_documents", "migrations"),
             keel_kernel::migration!(5, "0005_payments", "migrations"),
+            keel_kernel::migration!(6, "0006_record_versions", "migrations"),
         ]
     }
 

@@ -313,6 +313,12 @@ async fn large_exports_run_as_a_job_and_only_the_organization_downloads_them() {
 
         let ready = wait_ready(&app, &admin, &export_url).await;
         assert_eq!(ready["row_count"], made.len());
+        // Its state moved on (queued with its job, then ready): so did its version.
+        assert!(ready["version"].as_i64().is_some_and(|v| v > 1), "{ready}");
+        assert!(
+            ready["updated_at"].as_str() >= ready["created_at"].as_str(),
+            "{ready}"
+        );
         assert_eq!(ready["download_url"], download.as_str());
 
         // Another organization sees neither the export nor its file.

@@ -127,6 +127,8 @@ async fn rates_are_normalised_and_stored_exactly() {
     assert_eq!(r["sell"], "83.400001");
     assert_eq!(r["spread"], "0.300001");
     assert_eq!(r["alert"], Value::Null);
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["updated_at"], r["created_at"]);
     let at = chrono::DateTime::parse_from_rfc3339(r["effective_at"].as_str().expect("time"))
         .expect("rfc 3339");
     assert_eq!(at.to_rfc3339(), "2025-04-01T03:00:00+00:00");
@@ -180,6 +182,8 @@ async fn changes_above_three_percent_raise_alerts_for_admins() {
                 assert_eq!(b["alert"]["anomaly"], anomaly, "{currency}: {b}");
                 assert_eq!(b["alert"]["direction"], "up");
                 assert_eq!(b["alert"]["previous_rate_id"], a["id"]);
+                assert_eq!(b["alert"]["version"], 1);
+                assert!(b["alert"]["updated_at"].is_string(), "{b}");
             }
         }
     }

@@ -161,6 +161,9 @@ async fn bank_details_are_encrypted_at_rest_and_masked_in_lists() {
     let created = json_of(r).await;
     assert_eq!(created["account_number"], "50100234567890");
     assert_eq!(created["bank_reference"], "HDFCR52025032012345");
+    // A single resource like any other: id, created_at, updated_at, version.
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["updated_at"], created["created_at"]);
     let id = id_of(&created);
 
     // The columns hold ciphertext only.

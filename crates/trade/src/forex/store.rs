@@ -14,7 +14,7 @@ use super::{Severity, format_micros, format_percent};
 pub const RATES: &str = "trade_forex_rates";
 pub const ALERTS: &str = "trade_forex_alerts";
 
-const RATE_COLUMNS: [&str; 8] = [
+const RATE_COLUMNS: [&str; 10] = [
     "id",
     "currency",
     "rate_micros",
@@ -23,6 +23,8 @@ const RATE_COLUMNS: [&str; 8] = [
     "effective_at",
     "created_by",
     "created_at",
+    "updated_at",
+    "version",
 ];
 
 /// A stored rate.
@@ -36,6 +38,8 @@ pub struct RateRow {
     pub effective_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 /// A rate as the API shows it: rupees per unit of `currency`.
@@ -58,6 +62,10 @@ pub struct Rate {
     pub effective_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// A rate is not changed once recorded (a correction is a new rate): its creation time.
+    pub updated_at: DateTime<Utc>,
+    /// Always 1 (a rate is not changed once recorded).
+    pub version: i64,
 }
 
 keel_kernel::keyed!(Rate { "effective_at" => Time(effective_at) });
@@ -79,6 +87,8 @@ impl From<RateRow> for Rate {
             effective_at: r.effective_at,
             created_by: r.created_by,
             created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
         }
     }
 }
@@ -99,6 +109,7 @@ pub async fn insert(
     rate: &NewRate,
     created_by: Option<String>,
 ) -> Result<RateRow, StoreError> {
+    let at = now();
     let row = RateRow {
         id: Uuid::now_v7(),
         currency: rate.currency.clone(),
@@ -107,7 +118,9 @@ pub async fn insert(
         sell_micros: rate.sell_micros,
         effective_at: rate.effective_at,
         created_by,
-        created_at: now(),
+        created_at: at,
+        updated_at: at,
+        version: 1,
     };
     tx.execute(
         &Query::insert()
@@ -122,6 +135,8 @@ pub async fn insert(
                 "effective_at",
                 "created_by",
                 "created_at",
+                "updated_at",
+                "version",
             ])
             .values_panic([
                 row.id.into(),
@@ -133,6 +148,8 @@ pub async fn insert(
                 row.effective_at.into(),
                 row.created_by.clone().into(),
                 row.created_at.into(),
+                row.updated_at.into(),
+                row.version.into(),
             ])
             .to_owned(),
     )
@@ -312,7 +329,7 @@ pub async fn in_force_during(
     Ok(first.into_iter().chain(rest).collect())
 }
 
-const ALERT_COLUMNS: [&str; 10] = [
+const ALERT_COLUMNS: [&str; 12] = [
     "id",
     "rate_id",
     "previous_rate_id",
@@ -323,6 +340,8 @@ const ALERT_COLUMNS: [&str; 10] = [
     "severity",
     "anomaly",
     "created_at",
+    "updated_at",
+    "version",
 ];
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -337,6 +356,8 @@ pub struct AlertRow {
     pub severity: String,
     pub anomaly: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 /// A rate change of more than 3 %.
@@ -359,6 +380,10 @@ pub struct Alert {
     /// A change above 10 %: check the rate before relying on it.
     pub anomaly: bool,
     pub created_at: DateTime<Utc>,
+    /// An alert is not changed once raised: its creation time.
+    pub updated_at: DateTime<Utc>,
+    /// Always 1.
+    pub version: i64,
 }
 
 keel_kernel::keyed!(Alert { "created_at" => Time(created_at) });
@@ -377,6 +402,8 @@ impl From<AlertRow> for Alert {
             severity: a.severity,
             anomaly: a.anomaly,
             created_at: a.created_at,
+            updated_at: a.updated_at,
+            version: a.version,
         }
     }
 }
@@ -389,6 +416,7 @@ pub async fn insert_alert(
     severity: Severity,
     anomaly: bool,
 ) -> Result<AlertRow, StoreError> {
+    let at = now();
     let row = AlertRow {
         id: Uuid::now_v7(),
         rate_id: rate.id,
@@ -399,7 +427,9 @@ pub async fn insert_alert(
         change_ppm: super::change_ppm(previous.rate_micros, rate.rate_micros),
         severity: severity.as_str().into(),
         anomaly,
-        created_at: now(),
+        created_at: at,
+        updated_at: at,
+        version: 1,
     };
     let mut columns = vec!["org_id"];
     columns.extend(ALERT_COLUMNS);
@@ -419,6 +449,8 @@ pub async fn insert_alert(
                 row.severity.clone().into(),
                 row.anomaly.into(),
                 row.created_at.into(),
+                row.updated_at.into(),
+                row.version.into(),
             ])
             .to_owned(),
     )

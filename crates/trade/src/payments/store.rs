@@ -32,6 +32,10 @@ pub struct Payment {
     pub bank_reference: String,
     pub account_number: String,
     pub created_at: DateTime<Utc>,
+    /// A payment is not changed once recorded: its creation time.
+    pub updated_at: DateTime<Utc>,
+    /// Always 1 (a payment is not changed once recorded).
+    pub version: i64,
 }
 
 keel_kernel::keyed!(Payment { "created_at" => Time(created_at), "amount_minor" => Int(amount_minor) });
@@ -48,9 +52,11 @@ pub struct Row {
     pub bank_reference: Sealed,
     pub account_number: Sealed,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 11] = [
     "id",
     "shipment_id",
     "amount_minor",
@@ -60,6 +66,8 @@ const COLUMNS: [&str; 9] = [
     "bank_reference",
     "account_number",
     "created_at",
+    "updated_at",
+    "version",
 ];
 
 /// How much of a sealed value lists show: its last 4 characters.
@@ -107,6 +115,8 @@ impl Row {
             bank_reference,
             account_number,
             created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
         })
     }
 }
@@ -140,6 +150,7 @@ pub async fn insert(
     };
     let bank_reference = seal("bank_reference", &p.bank_reference)?;
     let account_number = seal("account_number", &p.account_number)?;
+    let at = now();
     tx.execute(
         &Query::insert()
             .into_table(TABLE)
@@ -155,6 +166,8 @@ pub async fn insert(
                 "account_number",
                 "created_by",
                 "created_at",
+                "updated_at",
+                "version",
             ])
             .values_panic([
                 id.into(),
@@ -167,7 +180,9 @@ pub async fn insert(
                 bank_reference.into(),
                 account_number.into(),
                 created_by.into(),
-                now().into(),
+                at.into(),
+                at.into(),
+                1i64.into(),
             ])
             .to_owned(),
     )
