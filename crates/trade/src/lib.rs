@@ -152,6 +152,7 @@ impl Module for TradeModule {
             keel_kernel::migration!(4, "0004_documents", "migrations"),
             keel_kernel::migration!(5, "0005_payments", "migrations"),
             keel_kernel::migration!(6, "0006_record_versions", "migrations"),
+            keel_kernel::migration!(7, "0007_forex_series", "migrations"),
         ]
     }
 
@@ -261,6 +262,7 @@ impl Module for TradeModule {
         fixtures.extend(payments::fixtures());
         fixtures.extend(connectors::fixtures());
         fixtures.extend(export::fixtures());
+        fixtures.extend(forex::fixtures());
         fixtures
     }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use keel_kernel::http::pagination::PageRequest;
 use keel_kernel::store::{Db, StoreError, Tx, now};
 use keel_kernel::tenancy::TenantScope;
-use sea_query::{Alias, Cond, Expr, ExprTrait, Func, Order, Query, SelectStatement};
+use sea_query::{Alias, Cond, Expr, ExprTrait, Func, OnConflict, Order, Query, SelectStatement};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -13,6 +13,7 @@ use super::{Severity, format_micros, format_percent};
 
 pub const RATES: &str = "trade_forex_rates";
 pub const ALERTS: &str = "trade_forex_alerts";
+pub const SERIES: &str = "trade_forex_series";
 
 const RATE_COLUMNS: [&str; 10] = [
     "id",
@@ -100,9 +101,38 @@ pub struct NewRate {
     pub rate_micros: i64,
     pub buy_micros: Option<i64>,
     pub sell_micros: Option<i64>,
-    pub effective_at: DateTime<Utc>,
+    /// When it takes effect; `None`: when it is recorded (see [`lock_series`]).
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
+/// Takes the (organization, currency) series for the rest of the transaction, creating its
+/// row on the first rate: an upsert, whose row lock PostgreSQL holds until commit, so a second
+/// transaction recording a rate of the same currency waits here and then reads the first one's
+/// rate as committed (SQLite serializes writers already). Call it before reading the clock or
+/// the previous rate.
+pub async fn lock_series(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    currency: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        &Query::insert()
+            .into_table(SERIES)
+            .columns(["org_id", "currency", "rates"])
+            .values_panic([scope.org_id().into(), currency.into(), 1i64.into()])
+            .on_conflict(
+                OnConflict::columns(["org_id", "currency"])
+                    .value("rates", Expr::col((SERIES, "rates")).add(1))
+                    .to_owned(),
+            )
+            .to_owned(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts a rate. A rate without an effective time takes effect now: call [`lock_series`]
+/// first, so "now" is read while no other rate of the currency can commit.
 pub async fn insert(
     tx: &mut Tx,
     scope: &TenantScope,
@@ -116,7 +146,9 @@ pub async fn insert(
         rate_micros: rate.rate_micros,
         buy_micros: rate.buy_micros,
         sell_micros: rate.sell_micros,
-        effective_at: rate.effective_at,
+        // Never after the moment it is recorded (a time up to a minute ahead, allowed for
+        // clock skew, counts as now).
+        effective_at: rate.effective_at.map_or(at, |t| Ord::min(t, at)),
         created_by,
         created_at: at,
         updated_at: at,
@@ -158,7 +190,8 @@ pub async fn insert(
 }
 
 /// The rate of `currency` in force just before `rate` (the latest effective at or before its
-/// time, other than itself; ties by id).
+/// time, other than itself; ties by id). For a back-dated rate that is the rate in force
+/// before its date, not the newest one.
 pub async fn previous(
     tx: &mut Tx,
     scope: &TenantScope,
@@ -182,6 +215,19 @@ pub async fn previous(
             .order_by("effective_at", Order::Desc)
             .order_by("id", Order::Desc)
             .limit(1)
+            .to_owned(),
+    )
+    .await
+}
+
+/// One of the scope's rates.
+pub async fn get_rate(db: &Db, scope: &TenantScope, id: Uuid) -> Result<RateRow, StoreError> {
+    db.fetch_one(
+        &Query::select()
+            .columns(RATE_COLUMNS)
+            .from(RATES)
+            .and_where(Expr::col("org_id").eq(scope.org_id()))
+            .and_where(Expr::col("id").eq(id))
             .to_owned(),
     )
     .await
