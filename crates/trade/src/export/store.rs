@@ -72,11 +72,16 @@ pub struct StoredFilter {
     pub created_from: Option<DateTime<Utc>>,
     pub created_to: Option<DateTime<Utc>>,
     pub q: Option<String>,
+    /// The list's `sort` (`-created_at`, `reference`, …); absent in exports recorded before
+    /// exports took a sort, which had the default.
+    #[serde(default)]
+    pub sort: Option<String>,
 }
 
 impl StoredFilter {
-    pub fn of(f: &Filter) -> Self {
+    pub fn of(f: &Filter, sort: &super::rows::Sort) -> Self {
         Self {
+            sort: Some(sort.as_param()),
             status: f.status.map(|s| s.as_str().to_string()),
             ebrc_status: f.ebrc_status.map(|s| s.as_str().to_string()),
             destination_country: f.destination_country.clone(),
@@ -84,6 +89,11 @@ impl StoredFilter {
             created_to: f.created_to,
             q: f.q.clone(),
         }
+    }
+
+    /// The export's order (the default when none was recorded).
+    pub fn sort(&self) -> Result<super::rows::Sort, keel_kernel::http::ApiError> {
+        super::rows::Sort::parse(self.sort.as_deref())
     }
 
     pub fn filter(&self) -> Filter {

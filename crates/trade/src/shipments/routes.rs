@@ -41,8 +41,7 @@ pub fn router() -> ModuleRouter {
         .routes(utoipa_axum::routes!(set_ebrc))
 }
 
-/// The sortable fields of the list; the first is the default (newest first).
-pub const SORTS: [&str; 2] = ["created_at", "reference"];
+pub use super::store::SORTS;
 
 #[derive(Debug, Default, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

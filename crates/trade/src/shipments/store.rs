@@ -60,6 +60,9 @@ pub struct Shipment {
 
 keel_kernel::keyed!(Shipment { "created_at" => Time(created_at), "reference" => Text(reference) });
 
+/// The sortable fields of the list (and the export); the first is the default (newest first).
+pub const SORTS: [&str; 2] = ["created_at", "reference"];
+
 /// HS codes, stored comma separated (they are digits only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
