@@ -16,6 +16,7 @@ use keel_kernel::audit::{self, AuditContext, Changes, NewEvent};
 use keel_kernel::jobs::{
     Cadence, JobContext, JobDefinition, JobError, JobPayload, ScheduleDefinition,
 };
+use keel_kernel::state::AppState;
 use keel_kernel::store::Db;
 use keel_kernel::tenancy::TenantScope;
 use sea_query::{Expr, ExprTrait, Order, Query};
@@ -81,7 +82,7 @@ pub async fn mark_overdue(ctx: JobContext, job: MarkOverdue) -> Result<OverdueRe
     let audit_ctx = AuditContext::system(MarkOverdue::JOB_TYPE);
     let mut report = OverdueReport::default();
     for scope in &scopes {
-        let marked = mark_in(&ctx.state.db, scope, &audit_ctx, cutoff, days).await?;
+        let marked = mark_in(&ctx.state, scope, &audit_ctx, cutoff, days).await?;
         report.organizations += 1;
         report.marked += marked;
     }
@@ -122,9 +123,10 @@ async fn organizations_with_open_ebrc(
     Ok(rows.into_iter().map(|r| r.org_id).collect())
 }
 
-/// Marks one organization's overdue shipments, a batch per transaction; how many.
+/// Marks one organization's overdue shipments, a batch per transaction (each, once
+/// committed, drops the organization's cached dashboard); how many.
 async fn mark_in(
-    db: &Db,
+    state: &AppState,
     scope: &TenantScope,
     ctx: &AuditContext,
     cutoff: NaiveDate,
@@ -132,8 +134,7 @@ async fn mark_in(
 ) -> Result<u64, JobError> {
     let mut total = 0;
     loop {
-        let changed = db
-            .transaction(|tx| {
+        let changed = crate::dashboard::write(state, scope, |tx| {
                 Box::pin(async move {
                     let due: Vec<Shipment> = tx
                         .fetch_all(

@@ -172,9 +172,7 @@ pub async fn create_connector(
 ) -> ApiResult<Response> {
     let fields = body.fields()?;
     let (scope, ctx, fields) = (&auth.scope(), &ctx, &fields);
-    let connector = state
-        .db
-        .transaction(|tx| {
+    let connector = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 check_consent(tx, scope, fields, None).await?;
                 let c = store::insert(tx, scope, fields)
@@ -237,9 +235,7 @@ pub async fn update_connector(
     let expected = expected_version(&headers, body.version)?;
     let fields = body.fields()?;
     let (scope, ctx, fields, expected) = (&auth.scope(), &ctx, &fields, &expected);
-    let connector = state
-        .db
-        .transaction(|tx| {
+    let connector = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 if let Some(v) = version_of(*expected)
@@ -285,9 +281,7 @@ pub async fn delete_connector(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
-    state
-        .db
-        .transaction(|tx| {
+    crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 if !store::delete(tx, scope, id).await? {

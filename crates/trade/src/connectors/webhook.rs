@@ -137,7 +137,7 @@ pub async fn account_aggregator(
     };
     let ctx = AuditContext::system("trade.account_aggregator");
     let (verifier, headers, body, event, ctx) = (&verifier, &headers, &body, &event, &ctx);
-    let outcome = state
+    let (outcome, scope) = state
         .db
         .transaction(|tx| {
             Box::pin(async move {
@@ -146,7 +146,7 @@ pub async fn account_aggregator(
                     {
                         Ok((_, Some(scope))) => scope,
                         Ok((_, None)) => return Err(ApiError::not_found()),
-                        Err(WebhookError::Replayed) => return Ok(Outcome::Duplicate),
+                        Err(WebhookError::Replayed) => return Ok((Outcome::Duplicate, None)),
                         Err(e) => return Err(e.into()),
                     };
                 // The consent may have moved meanwhile; it is looked up again in the scope.
@@ -175,7 +175,7 @@ pub async fn account_aggregator(
                             .detail("kind", &before.kind),
                         )
                         .await?;
-                        return Ok(Outcome::Ignored(before.status));
+                        return Ok((Outcome::Ignored(before.status), Some(scope)));
                     }
                 };
                 if !store::apply_event(tx, &scope, &before, status, data_ready_at).await? {
@@ -196,10 +196,16 @@ pub async fn account_aggregator(
                     .detail("kind", &after.kind),
                 )
                 .await?;
-                Ok::<_, ApiError>(Outcome::Applied(after.status))
+                Ok::<_, ApiError>((Outcome::Applied(after.status), Some(scope)))
             })
         })
         .await?;
+    // The organization is known only inside the transaction (from the verified event), so
+    // this writer drops the dashboard itself rather than through `dashboard::write`: the
+    // event's audit entry is in its recent activity.
+    if let Some(scope) = &scope {
+        crate::dashboard::invalidate(&state, scope).await;
+    }
     let (outcome, status) = match outcome {
         Outcome::Applied(s) => ("applied", Some(s)),
         Outcome::Ignored(s) => ("ignored", Some(s)),

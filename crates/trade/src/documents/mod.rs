@@ -214,9 +214,7 @@ async fn run_extract_job(
     }
     let (scope, extraction, document_id) = (&scope, &extraction, job.document_id);
     let ctx = &AuditContext::system("extraction");
-    state
-        .db
-        .transaction(|tx| {
+    crate::dashboard::write(state, scope, |tx| {
             Box::pin(async move {
                 // Only the first finish of the document's current extraction is recorded (a
                 // job that runs twice, or an older extraction finishing late, changes nothing).

@@ -157,9 +157,7 @@ pub async fn upload_document(
         )
         .await?;
     let (ctx, file, doc_type) = (&ctx, &file, upload.doc_type);
-    let document = state
-        .db
-        .transaction(|tx| {
+    let document = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 shipments::get(tx, scope, shipment_id).await?;
                 let d = store::insert(
@@ -243,9 +241,7 @@ pub async fn delete_document(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
-    state
-        .db
-        .transaction(|tx| {
+    crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 if !store::delete(tx, scope, id).await? {
@@ -364,9 +360,7 @@ pub async fn extract_document(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Response> {
     let (state, scope, ctx) = (&state, &auth.scope(), &ctx);
-    let started = state
-        .db
-        .transaction(|tx| {
+    let started = crate::dashboard::write(state, scope, |tx| {
             Box::pin(async move {
                 let doc = store::get(tx, scope, id).await?;
                 let Some(extraction_type) =
@@ -515,9 +509,7 @@ pub async fn correct_document_extraction(
         other => other.map_err(ApiError::from)?,
     };
     let status = &corrected.status;
-    state
-        .db
-        .transaction(|tx| {
+    crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 store::note_correction(tx, scope, id, extraction_id, status).await?;
                 Ok::<_, ApiError>(())

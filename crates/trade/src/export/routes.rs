@@ -157,9 +157,7 @@ pub async fn export_shipments(
     if n > threshold {
         let (scope, ctx, stored) = (&scope, &ctx, &stored);
         let jobs = &state.jobs;
-        let queued = state
-            .db
-            .transaction(|tx| {
+        let queued = crate::dashboard::write(&state, scope, |tx| {
                 Box::pin(async move {
                     let e =
                         store::insert(tx, scope, format, stored, crate::actor_id(scope)).await?;
@@ -197,9 +195,7 @@ pub async fn export_shipments(
     }
     {
         let (scope, ctx, stored) = (&scope, &ctx, &stored);
-        state
-            .db
-            .transaction(|tx| {
+        crate::dashboard::write(&state, scope, |tx| {
                 Box::pin(async move {
                     audit::record(
                         tx,

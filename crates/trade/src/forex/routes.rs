@@ -254,9 +254,7 @@ pub async fn create_rate(
     let input = body.validate(&settings)?;
     let scope = &auth.scope();
     let (state_ref, ctx, input) = (&state, &ctx, &input);
-    let created = state
-        .db
-        .transaction(|tx| {
+    let created = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 // Rates of one currency are recorded one after the other: two at once
                 // would otherwise both be compared with the same previous rate.
@@ -319,7 +317,6 @@ pub async fn create_rate(
         })
         .await?;
     latest_cache(&state)?.invalidate(&latest_key(scope)).await;
-    crate::dashboard::invalidate(&state, scope).await;
     let location = format!("/api/v1/trade/forex/rates/{}", created.rate.id);
     Ok((
         StatusCode::CREATED,

@@ -182,9 +182,7 @@ pub async fn record_payment(
 ) -> ApiResult<Response> {
     let (state, scope, ctx, body) = (&state, &auth.scope(), &ctx, &body);
     let id = Uuid::now_v7();
-    let payment = state
-        .db
-        .transaction(|tx| {
+    let payment = crate::dashboard::write(state, scope, |tx| {
             Box::pin(async move {
                 if !lock_shipment(tx, scope, shipment_id).await? {
                     return Err(ApiError::not_found());
@@ -277,8 +275,6 @@ pub async fn record_payment(
             })
         })
         .await?;
-    // Realisation moves the dashboard's e-BRC counts.
-    crate::dashboard::invalidate(state, scope).await;
     Ok((
         StatusCode::CREATED,
         [(

@@ -434,9 +434,7 @@ pub async fn create_shipment(
     Json(body): Json<ShipmentInput>,
 ) -> ApiResult<Response> {
     let (scope, ctx, body) = (&auth.scope(), &ctx, &body);
-    let shipment = state
-        .db
-        .transaction(|tx| {
+    let shipment = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let fields = body.fields(tx, scope).await?;
                 let s = store::insert(tx, scope, &fields, crate::actor_id(scope))
@@ -454,7 +452,6 @@ pub async fn create_shipment(
             })
         })
         .await?;
-    crate::dashboard::invalidate(&state, scope).await;
     Ok((StatusCode::CREATED, location(&shipment), Json(shipment)).into_response())
 }
 
@@ -491,9 +488,7 @@ pub async fn update_shipment(
 ) -> ApiResult<Json<Shipment>> {
     let expected = expected_version(&headers, body.version)?;
     let (scope, ctx, body) = (&auth.scope(), &ctx, &body);
-    let shipment = state
-        .db
-        .transaction(|tx| {
+    let shipment = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 let fields = body.fields(tx, scope).await?;
@@ -533,7 +528,6 @@ pub async fn update_shipment(
             })
         })
         .await?;
-    crate::dashboard::invalidate(&state, scope).await;
     Ok(Json(shipment))
 }
 
@@ -550,9 +544,7 @@ pub async fn delete_shipment(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
-    state
-        .db
-        .transaction(|tx| {
+    crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 if before.status != Status::Draft.as_str() {
@@ -576,7 +568,6 @@ pub async fn delete_shipment(
             })
         })
         .await?;
-    crate::dashboard::invalidate(&state, scope).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -616,9 +607,7 @@ async fn transition(
     let reason =
         transition_reason(body.reason.as_deref()).map_err(|e| ApiError::validation(vec![e]))?;
     let (reason, expected) = (&reason, &expected);
-    let shipment = state
-        .db
-        .transaction(|tx| {
+    let shipment = crate::dashboard::write(state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 if let Some(v) = version_of(*expected)
@@ -661,7 +650,6 @@ async fn transition(
             })
         })
         .await?;
-    crate::dashboard::invalidate(state, scope).await;
     Ok(Json(shipment))
 }
 
@@ -803,9 +791,7 @@ pub async fn set_ebrc(
     };
     let expected = expected_version(&headers, body.version)?;
     let (scope, ctx, expected) = (&auth.scope(), &ctx, &expected);
-    let shipment = state
-        .db
-        .transaction(|tx| {
+    let shipment = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 if let Some(v) = version_of(*expected)
@@ -845,6 +831,5 @@ pub async fn set_ebrc(
             })
         })
         .await?;
-    crate::dashboard::invalidate(&state, scope).await;
     Ok(Json(shipment))
 }
