@@ -257,6 +257,10 @@ impl Module for TradeModule {
         payments::encrypted_columns()
     }
 
+    fn log_redacted_fields(&self) -> Vec<&'static str> {
+        payments::LOG_REDACTED_FIELDS.to_vec()
+    }
+
     fn fixtures(&self) -> Vec<keel_kernel::module::Fixture> {
         let mut fixtures = shipments::fixtures();
         fixtures.extend(documents::fixtures());

@@ -39,8 +39,8 @@ pub const SORTS: [&str; 2] = ["created_at", "amount_minor"];
 /// The largest payment accepted, in minor units (as for invoice values).
 const MAX_MINOR: i64 = 1_000_000_000_000_000;
 
-/// A payment received.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// A payment received (its `Debug` masks the bank fields).
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInput {
     /// In minor units of `currency`, greater than 0.
@@ -55,6 +55,19 @@ pub struct PaymentInput {
     pub bank_reference: String,
     /// The account credited: 4–34 letters and digits, spaces ignored (stored encrypted).
     pub account_number: String,
+}
+
+impl std::fmt::Debug for PaymentInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentInput")
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .field("received_on", &self.received_on)
+            .field("remitter", &self.remitter)
+            .field("bank_reference", &super::Masked(&self.bank_reference))
+            .field("account_number", &super::Masked(&self.account_number))
+            .finish()
+    }
 }
 
 fn required_text(errors: &mut Vec<FieldError>, field: &str, raw: &str, max: usize) -> String {

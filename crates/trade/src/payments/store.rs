@@ -16,8 +16,8 @@ pub const TABLE: &str = "trade_payments";
 
 /// A payment as the API shows it. `bank_reference` and `account_number` are in full on the
 /// payment itself (`GET /api/v1/trade/payments/{id}`, and the create response) and masked
-/// (`****1234`) in lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// (`****1234`) in lists and in its `Debug` output.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Payment {
     pub id: Uuid,
     pub shipment_id: Uuid,
@@ -36,6 +36,24 @@ pub struct Payment {
     pub updated_at: DateTime<Utc>,
     /// Always 1 (a payment is not changed once recorded).
     pub version: i64,
+}
+
+impl std::fmt::Debug for Payment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payment")
+            .field("id", &self.id)
+            .field("shipment_id", &self.shipment_id)
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .field("received_on", &self.received_on)
+            .field("remitter", &self.remitter)
+            .field("bank_reference", &super::Masked(&self.bank_reference))
+            .field("account_number", &super::Masked(&self.account_number))
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 keel_kernel::keyed!(Payment { "created_at" => Time(created_at), "amount_minor" => Int(amount_minor) });
@@ -121,8 +139,8 @@ impl Row {
     }
 }
 
-/// A payment's fields, validated.
-#[derive(Debug, Clone, PartialEq)]
+/// A payment's fields, validated (its `Debug` masks the bank fields).
+#[derive(Clone, PartialEq)]
 pub struct NewPayment {
     pub amount_minor: i64,
     pub currency: String,
@@ -130,6 +148,19 @@ pub struct NewPayment {
     pub remitter: String,
     pub bank_reference: String,
     pub account_number: String,
+}
+
+impl std::fmt::Debug for NewPayment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPayment")
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .field("received_on", &self.received_on)
+            .field("remitter", &self.remitter)
+            .field("bank_reference", &super::Masked(&self.bank_reference))
+            .field("account_number", &super::Masked(&self.account_number))
+            .finish()
+    }
 }
 
 /// Inserts a payment with its bank fields sealed; returns its id.
