@@ -420,3 +420,77 @@ async fn two_concurrent_payments_realize_the_shipment_once() {
     .await;
     assert_eq!(all["pagination"]["total"], 3);
 }
+
+/// Every list the API offers (trade and kernel alike: payments, shipments, audit events,
+/// notifications, jobs, …) is read after payments were recorded: none shows a bank reference
+/// or an account number in clear. Only the payment itself does.
+#[tokio::test]
+async fn bank_details_never_appear_in_clear_in_any_list() {
+    let app = spawn().await;
+    let admin = app.register_org("pay-lists@acme.example", "Acme").await;
+    let s = booked(&app, &admin, "PAY-LISTS-1").await;
+    let (reference, account) = ("ICICR7702503XYZ88421", "DE44500105175407324931");
+    for amount in [400_000, 850_000] {
+        let r = pay(
+            &app,
+            &admin,
+            &s,
+            &payment_body(
+                amount,
+                json!({"bank_reference": reference, "account_number": account}),
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let doc: Value = app
+        .get("/api/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut lists = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        // Realtime reads are streams and long polls, not lists.
+        if item.get("get").is_none() || path.contains("/realtime/") {
+            continue;
+        }
+        let concrete = if path.starts_with("/api/v1/trade/shipments/{id}/") {
+            path.replace("{id}", &s)
+        } else if path.contains('{') {
+            continue;
+        } else {
+            path.clone()
+        };
+        let r = app.get_as(&concrete, &admin.access_token).await;
+        if r.status() != StatusCode::OK {
+            continue;
+        }
+        let Ok(body) = r.json::<Value>().await else {
+            continue; // a file (the export), not a list
+        };
+        if body.get("pagination").is_none() {
+            continue;
+        }
+        let text = body.to_string();
+        assert!(!text.contains(reference), "{concrete}: {text}");
+        assert!(!text.contains(account), "{concrete}: {text}");
+        lists.push(concrete);
+    }
+    for expected in [
+        "/api/v1/trade/payments".to_string(),
+        format!("/api/v1/trade/shipments/{s}/payments"),
+        "/api/v1/trade/shipments".to_string(),
+        "/api/v1/audit/events".to_string(),
+    ] {
+        assert!(lists.contains(&expected), "{expected} read among {lists:?}");
+    }
+    // The payment lists did show the payments, masked.
+    let list = json_of(
+        app.get_as("/api/v1/trade/payments", &admin.access_token)
+            .await,
+    )
+    .await;
+    assert_eq!(list["pagination"]["total"], 2);
+    assert_eq!(list["data"][0]["account_number"], "******************4931");
+}
