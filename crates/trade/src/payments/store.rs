@@ -163,6 +163,60 @@ impl std::fmt::Debug for NewPayment {
     }
 }
 
+/// The columns a payment row is inserted with, in the order of [`sealed_values`].
+pub const INSERT_COLUMNS: [&str; 13] = [
+    "id",
+    "org_id",
+    "shipment_id",
+    "amount_minor",
+    "currency",
+    "received_on",
+    "remitter",
+    "bank_reference",
+    "account_number",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "version",
+];
+
+/// A new payment row's values in [`INSERT_COLUMNS`] order, its bank fields sealed under the
+/// key ring (bound to organization, table, column and row). The one way payments are
+/// written: [`insert`], and the demo seed's batched inserts.
+pub fn sealed_values(
+    state: &AppState,
+    scope: &TenantScope,
+    id: Uuid,
+    shipment_id: Uuid,
+    p: &NewPayment,
+    created_by: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<[sea_query::SimpleExpr; 13], StoreError> {
+    let seal = |column: &'static str, value: &str| {
+        state
+            .crypto
+            .seal(&FieldRef::new(scope, TABLE, column, id), value)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("cannot seal {TABLE}.{column}: {e}")))
+    };
+    let bank_reference = seal("bank_reference", &p.bank_reference)?;
+    let account_number = seal("account_number", &p.account_number)?;
+    Ok([
+        id.into(),
+        scope.org_id().into(),
+        shipment_id.into(),
+        p.amount_minor.into(),
+        p.currency.clone().into(),
+        p.received_on.into(),
+        p.remitter.clone().into(),
+        bank_reference.into(),
+        account_number.into(),
+        created_by.into(),
+        at.into(),
+        at.into(),
+        1i64.into(),
+    ])
+}
+
 /// Inserts a payment with its bank fields sealed; returns its id.
 pub async fn insert(
     tx: &mut Tx,
@@ -173,48 +227,12 @@ pub async fn insert(
     p: &NewPayment,
     created_by: Option<String>,
 ) -> Result<Uuid, StoreError> {
-    let seal = |column: &'static str, value: &str| {
-        state
-            .crypto
-            .seal(&FieldRef::new(scope, TABLE, column, id), value)
-            .map_err(|e| StoreError::Other(anyhow::anyhow!("cannot seal {TABLE}.{column}: {e}")))
-    };
-    let bank_reference = seal("bank_reference", &p.bank_reference)?;
-    let account_number = seal("account_number", &p.account_number)?;
-    let at = now();
+    let values = sealed_values(state, scope, id, shipment_id, p, created_by, now())?;
     tx.execute(
         &Query::insert()
             .into_table(TABLE)
-            .columns([
-                "id",
-                "org_id",
-                "shipment_id",
-                "amount_minor",
-                "currency",
-                "received_on",
-                "remitter",
-                "bank_reference",
-                "account_number",
-                "created_by",
-                "created_at",
-                "updated_at",
-                "version",
-            ])
-            .values_panic([
-                id.into(),
-                scope.org_id().into(),
-                shipment_id.into(),
-                p.amount_minor.into(),
-                p.currency.clone().into(),
-                p.received_on.into(),
-                p.remitter.clone().into(),
-                bank_reference.into(),
-                account_number.into(),
-                created_by.into(),
-                at.into(),
-                at.into(),
-                1i64.into(),
-            ])
+            .columns(INSERT_COLUMNS)
+            .values_panic(values)
             .to_owned(),
     )
     .await?;
