@@ -144,7 +144,10 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
          (SELECT COALESCE(SUM(p.amount_minor), 0) FROM trade_payments p WHERE p.shipment_id = s.id)",
     )
     .await;
-    assert_eq!(mismatched, 0, "realized_minor is the sum of each shipment's payments");
+    assert_eq!(
+        mismatched, 0,
+        "realized_minor is the sum of each shipment's payments"
+    );
     let payments: Value = app
         .get_as("/api/v1/trade/payments?page_size=1", &admin.access_token)
         .await
@@ -152,7 +155,10 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
         .await
         .expect("json");
     let paid = payments["pagination"]["total"].as_u64().expect("a total");
-    assert!(paid >= realised, "{paid} payments for {realised} realised shipments");
+    assert!(
+        paid >= realised,
+        "{paid} payments for {realised} realised shipments"
+    );
     // Their bank fields are sealed at rest and open through the API.
     let sealed = scalar(
         &app,
@@ -174,7 +180,9 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
         .await
         .expect("json");
     assert!(
-        one["bank_reference"].as_str().is_some_and(|r| r.len() > 8 && !r.contains('*')),
+        one["bank_reference"]
+            .as_str()
+            .is_some_and(|r| r.len() > 8 && !r.contains('*')),
         "{one}"
     );
 
@@ -185,7 +193,11 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
         .json()
         .await
         .expect("json");
-    assert_eq!(latest["rates"].as_array().map(Vec::len), Some(21), "{latest}");
+    assert_eq!(
+        latest["rates"].as_array().map(Vec::len),
+        Some(21),
+        "{latest}"
+    );
     let rates = scalar(&app, "SELECT COUNT(*) AS n FROM trade_forex_rates").await;
     assert!(rates >= 21 * 100, "{rates} rates");
     // ... so the GST summary of every seeded month converts each shipment.
@@ -219,7 +231,10 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
 
     // Documents, stored through the kernel's file storage: a few, and they download.
     let documents = scalar(&app, "SELECT COUNT(*) AS n FROM trade_documents").await;
-    assert_eq!(documents, 6, "an invoice and a shipping bill for three shipments");
+    assert_eq!(
+        documents, 6,
+        "an invoice and a shipping bill for three shipments"
+    );
     #[derive(sqlx::FromRow)]
     struct Doc {
         id: uuid::Uuid,

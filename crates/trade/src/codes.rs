@@ -77,7 +77,9 @@ mod tests {
         assert_eq!(locode(" DE HAM "), Some("DEHAM".into()));
         assert_eq!(locode("USNYC"), Some("USNYC".into()));
         assert_eq!(locode("GB2QX"), Some("GB2QX".into()));
-        for bad in ["", "INNS", "INNSAA", "XXHAM", "IN-NSA", "DEHA M", "DEHÄM", "12345", "D HAM"] {
+        for bad in [
+            "", "INNS", "INNSAA", "XXHAM", "IN-NSA", "DEHA M", "DEHÄM", "12345", "D HAM",
+        ] {
             assert_eq!(locode(bad), None, "{bad}");
         }
     }

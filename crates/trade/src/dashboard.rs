@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use axum::extract::State;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::future::BoxFuture;
 use keel_kernel::auth::Authorized;
 use keel_kernel::cache::{CacheKey, Tag, TenantCache};
 use keel_kernel::http::{ApiError, ApiResult, Json};
 use keel_kernel::module::ModuleRouter;
 use keel_kernel::state::AppState;
-use futures::future::BoxFuture;
 use keel_kernel::store::{StoreError, UnitOfWork, now};
 use keel_kernel::tenancy::TenantScope;
 use sea_query::{Expr, ExprTrait, Func, LikeExpr, Order, Query};

@@ -88,13 +88,7 @@ const BUYERS: [(&str, &str, &str, &str, &str); 12] = [
         "AEJEA",
         "AE070331234567890123456",
     ),
-    (
-        "Osaka Components KK",
-        "JP",
-        "JPY",
-        "JPOSA",
-        "0005012345678",
-    ),
+    ("Osaka Components KK", "JP", "JPY", "JPOSA", "0005012345678"),
     (
         "Singapore Spice Pte Ltd",
         "SG",
@@ -269,9 +263,9 @@ pub async fn seed(ctx: DemoContext) -> anyhow::Result<String> {
                 let bill_number = format!("{}", rng.random_range(1_000_000..9_999_999));
                 if let Some(bill) = bill_date {
                     for (k, amount) in paid.iter().enumerate() {
-                        let received_on =
-                            (bill + Duration::days(rng.random_range(20..120) + 30 * k as i64))
-                                .min(today);
+                        let received_on = (bill
+                            + Duration::days(rng.random_range(20..120) + 30 * k as i64))
+                        .min(today);
                         let bank = BANKS[rng.random_range(0..BANKS.len())];
                         let payment = NewPayment {
                             amount_minor: *amount,
@@ -415,7 +409,11 @@ fn split(rng: &mut impl Rng, value: i64) -> Vec<i64> {
 /// Weekly rates of every supported currency the organization has no rates of yet, from
 /// [`RATE_DAYS`] ago to today: a walk of at most ±0.8 % a week around the currency's usual
 /// rate (never a 3 % change, so no alert would have been raised), with a 0.25 % spread.
-async fn seed_rates(ctx: &DemoContext, today: NaiveDate, rng: &mut impl Rng) -> anyhow::Result<u64> {
+async fn seed_rates(
+    ctx: &DemoContext,
+    today: NaiveDate,
+    rng: &mut impl Rng,
+) -> anyhow::Result<u64> {
     use sea_query::ExprTrait as _;
     #[derive(sqlx::FromRow)]
     struct Currency {
@@ -504,11 +502,7 @@ async fn seed_rates(ctx: &DemoContext, today: NaiveDate, rng: &mut impl Rng) -> 
             &Query::insert()
                 .into_table(SERIES)
                 .columns(["org_id", "currency", "rates"])
-                .values_panic([
-                    ctx.scope.org_id().into(),
-                    currency.into(),
-                    count.into(),
-                ])
+                .values_panic([ctx.scope.org_id().into(), currency.into(), count.into()])
                 .on_conflict(
                     sea_query::OnConflict::columns(["org_id", "currency"])
                         .value("rates", Expr::col((SERIES, "rates")).add(count))

@@ -297,6 +297,9 @@ mod tests {
     fn exports_up_to_100000_rows_are_answered_at_once_by_default() {
         let settings = TradeSettings::default();
         assert_eq!(settings.export_async_rows, 100_000);
-        assert!(TradeSettings::problems(&serde_json::to_value(&settings).unwrap_or_default()).is_empty());
+        assert!(
+            TradeSettings::problems(&serde_json::to_value(&settings).unwrap_or_default())
+                .is_empty()
+        );
     }
 }

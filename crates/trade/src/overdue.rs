@@ -135,63 +135,59 @@ async fn mark_in(
     let mut total = 0;
     loop {
         let changed = crate::dashboard::write(state, scope, |tx| {
-                Box::pin(async move {
-                    let due: Vec<Shipment> = tx
-                        .fetch_all(
-                            &Query::select()
-                                .columns(COLUMNS)
-                                .from(TABLE)
-                                .cond_where(
-                                    store::visible(scope)
-                                        .add(Expr::col("shipping_bill_date").lt(cutoff))
-                                        .add(Expr::col("ebrc_status").is_in([
-                                            EbrcStatus::Pending.as_str(),
-                                            EbrcStatus::Filed.as_str(),
-                                        ]))
-                                        .add(
-                                            Expr::col("status").is_in(Status::exported()),
-                                        ),
-                                )
-                                .order_by("shipping_bill_date", Order::Asc)
-                                .order_by("id", Order::Asc)
-                                .limit(BATCH)
-                                .to_owned(),
-                        )
-                        .await?;
-                    let mut changed = 0u64;
-                    for before in &due {
-                        let from = Tally::of(before)?;
-                        let to = Tally::new(from.status, EbrcStatus::Overdue);
-                        if !store::set_state(tx, scope, before, to, None).await? {
-                            continue;
-                        }
-                        let after = store::get(tx, scope, before.id).await?;
-                        audit::record(
-                            tx,
-                            scope,
-                            ctx,
-                            NewEvent::new(
-                                "trade.shipment.ebrc_changed",
-                                "trade.shipment",
-                                Some(before.id),
+            Box::pin(async move {
+                let due: Vec<Shipment> = tx
+                    .fetch_all(
+                        &Query::select()
+                            .columns(COLUMNS)
+                            .from(TABLE)
+                            .cond_where(
+                                store::visible(scope)
+                                    .add(Expr::col("shipping_bill_date").lt(cutoff))
+                                    .add(Expr::col("ebrc_status").is_in([
+                                        EbrcStatus::Pending.as_str(),
+                                        EbrcStatus::Filed.as_str(),
+                                    ]))
+                                    .add(Expr::col("status").is_in(Status::exported())),
                             )
-                            .changes(Changes::diff(before, &after, &[]))
-                            .detail("reference", &after.reference)
-                            .detail(
-                                "reason",
-                                format!(
-                                    "no realisation within {days} days of the shipping bill date"
-                                ),
-                            ),
-                        )
-                        .await?;
-                        changed += 1;
+                            .order_by("shipping_bill_date", Order::Asc)
+                            .order_by("id", Order::Asc)
+                            .limit(BATCH)
+                            .to_owned(),
+                    )
+                    .await?;
+                let mut changed = 0u64;
+                for before in &due {
+                    let from = Tally::of(before)?;
+                    let to = Tally::new(from.status, EbrcStatus::Overdue);
+                    if !store::set_state(tx, scope, before, to, None).await? {
+                        continue;
                     }
-                    Ok::<_, keel_kernel::store::StoreError>((changed, due.len() as u64))
-                })
+                    let after = store::get(tx, scope, before.id).await?;
+                    audit::record(
+                        tx,
+                        scope,
+                        ctx,
+                        NewEvent::new(
+                            "trade.shipment.ebrc_changed",
+                            "trade.shipment",
+                            Some(before.id),
+                        )
+                        .changes(Changes::diff(before, &after, &[]))
+                        .detail("reference", &after.reference)
+                        .detail(
+                            "reason",
+                            format!("no realisation within {days} days of the shipping bill date"),
+                        ),
+                    )
+                    .await?;
+                    changed += 1;
+                }
+                Ok::<_, keel_kernel::store::StoreError>((changed, due.len() as u64))
             })
-            .await
-            .map_err(|e| JobError::Retry(e.into()))?;
+        })
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
         total += changed.0;
         // A short batch was the last; a batch where nothing could change (rows moving under
         // us) ends this run, and the next run picks them up.

@@ -144,7 +144,10 @@ async fn every_bad_field_is_named_and_admins_manage_connectors() {
     let r = app
         .call(
             reqwest::Method::PUT,
-            &format!("/api/v1/trade/connectors/{}", theirs["id"].as_str().expect("id")),
+            &format!(
+                "/api/v1/trade/connectors/{}",
+                theirs["id"].as_str().expect("id")
+            ),
             Some(&other.access_token),
             Some(&json!({"kind": "bank_aa", "iec_code": "ZZZZZ9999Z", "consent_id": CONSENT})),
         )
@@ -436,7 +439,12 @@ async fn without_a_secret_the_webhook_is_unavailable() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let p = problem(r).await;
     assert_eq!(p["status"], 503);
-    assert!(p["detail"].as_str().is_some_and(|d| d.contains("not configured")), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not configured")),
+        "{p}"
+    );
     // As the API document says.
     let doc: Value = app
         .get("/api/openapi.json")
@@ -444,8 +452,7 @@ async fn without_a_secret_the_webhook_is_unavailable() {
         .json()
         .await
         .expect("json");
-    let responses =
-        &doc["paths"]["/api/v1/trade/webhooks/account-aggregator"]["post"]["responses"];
+    let responses = &doc["paths"]["/api/v1/trade/webhooks/account-aggregator"]["post"]["responses"];
     assert!(
         responses["503"]["description"]
             .as_str()

@@ -155,8 +155,8 @@ async fn e_brcs_unrealised_after_overdue_days_are_overdue() {
         let (app, admin) = (&app, &admin);
         let date = days_ago(days);
         async move {
-            let s = create_shipment(app, admin, reference, json!({"shipping_bill_date": date}))
-                .await;
+            let s =
+                create_shipment(app, admin, reference, json!({"shipping_bill_date": date})).await;
             assert_eq!(
                 act(app, admin, &id_of(&s), "book").await.status(),
                 StatusCode::OK
@@ -207,7 +207,6 @@ async fn e_brcs_unrealised_after_overdue_days_are_overdue() {
     assert_eq!(d["shipments"]["total"], 7);
     assert_eq!(d["shipments"]["by_status"]["cancelled"], 1);
     assert_eq!(d["shipments"]["by_status"]["draft"], 2);
-
 }
 
 #[tokio::test]
@@ -245,10 +244,14 @@ async fn members_read_the_dashboard_and_partners_do_not() {
 /// refresh the cached dashboard as shipment writes do.
 #[tokio::test]
 async fn writes_beyond_shipments_refresh_the_dashboard_at_once() {
-    let app = common::spawn_with_settings(json!({ "aa_webhook_secrets": [common::AA_SECRET] }))
-        .await;
+    let app =
+        common::spawn_with_settings(json!({ "aa_webhook_secrets": [common::AA_SECRET] })).await;
     let admin = app.register_org("dash-more@acme.example", "Acme").await;
-    let latest = |d: &Value| d["recent_activity"][0]["action"].as_str().map(str::to_string);
+    let latest = |d: &Value| {
+        d["recent_activity"][0]["action"]
+            .as_str()
+            .map(str::to_string)
+    };
     let s = create_shipment(&app, &admin, "MORE-1", json!({})).await;
     let cached = dashboard(&app, &admin.access_token).await;
     assert_eq!(latest(&cached).as_deref(), Some("trade.shipment.created"));
@@ -275,10 +278,7 @@ async fn writes_beyond_shipments_refresh_the_dashboard_at_once() {
     form.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
     let r = app
         .client
-        .post(app.url(&format!(
-            "/api/v1/trade/shipments/{}/documents",
-            id_of(&s)
-        )))
+        .post(app.url(&format!("/api/v1/trade/shipments/{}/documents", id_of(&s))))
         .bearer_auth(&admin.access_token)
         .header(
             "content-type",
@@ -291,7 +291,11 @@ async fn writes_beyond_shipments_refresh_the_dashboard_at_once() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let doc: Value = r.json().await.expect("json");
     let d = dashboard(&app, &admin.access_token).await;
-    assert_eq!(latest(&d).as_deref(), Some("trade.document.uploaded"), "{d}");
+    assert_eq!(
+        latest(&d).as_deref(),
+        Some("trade.document.uploaded"),
+        "{d}"
+    );
     let r = app
         .delete_as(
             &format!("/api/v1/trade/documents/{}", id_of(&doc)),
@@ -313,7 +317,11 @@ async fn writes_beyond_shipments_refresh_the_dashboard_at_once() {
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let d = dashboard(&app, &admin.access_token).await;
-    assert_eq!(latest(&d).as_deref(), Some("trade.connector.created"), "{d}");
+    assert_eq!(
+        latest(&d).as_deref(),
+        Some("trade.connector.created"),
+        "{d}"
+    );
     let r = common::post_aa_event(
         &app,
         common::AA_SECRET,
@@ -337,7 +345,11 @@ async fn writes_beyond_shipments_refresh_the_dashboard_at_once() {
     assert_eq!(r.status(), StatusCode::OK);
     r.bytes().await.expect("the file");
     let d = dashboard(&app, &admin.access_token).await;
-    assert_eq!(latest(&d).as_deref(), Some("trade.shipments.exported"), "{d}");
+    assert_eq!(
+        latest(&d).as_deref(),
+        Some("trade.shipments.exported"),
+        "{d}"
+    );
 
     // The overdue job, a system writer: the shipment's e-BRC becomes overdue.
     let old = create_shipment(

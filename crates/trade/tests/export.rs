@@ -456,7 +456,12 @@ async fn a_streamed_export_joins_its_batches_without_gaps_or_repeats() {
     }
     tx.commit().await.expect("commit");
 
-    for query in ["", "destination_country=US", "sort=reference", "sort=-reference"] {
+    for query in [
+        "",
+        "destination_country=US",
+        "sort=reference",
+        "sort=-reference",
+    ] {
         let rows = export_csv(&app, &admin, query).await;
         let ids = ids_of(&rows);
         let mut unique = ids.clone();

@@ -307,9 +307,16 @@ async fn the_transitions_route_moves_as_the_actions_do_and_names_what_is_allowed
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem(r).await["errors"][0]["field"], "reason");
     let r = to(json!({"status": "booked"})).await;
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "`to` is required");
+    assert_eq!(
+        r.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "`to` is required"
+    );
     let unchanged: Value = app
-        .get_as(&format!("/api/v1/trade/shipments/{id}"), &admin.access_token)
+        .get_as(
+            &format!("/api/v1/trade/shipments/{id}"),
+            &admin.access_token,
+        )
         .await
         .json()
         .await
@@ -344,13 +351,18 @@ async fn the_transitions_route_moves_as_the_actions_do_and_names_what_is_allowed
     );
     let events = common::audit_events(&app, &admin, "trade.shipment.status_changed").await;
     assert!(
-        events.iter().any(|e| e.to_string().contains("buyer confirmed")),
+        events
+            .iter()
+            .any(|e| e.to_string().contains("buyer confirmed")),
         "the reason is audited"
     );
 
     // The per-action routes and /transitions are the same move.
     let other = id_of(&create_shipment(&app, &admin, "MOVE-2", json!({})).await);
-    assert_eq!(act(&app, &admin, &other, "book").await.status(), StatusCode::OK);
+    assert_eq!(
+        act(&app, &admin, &other, "book").await.status(),
+        StatusCode::OK
+    );
     let r = app
         .post_as(
             &format!("/api/v1/trade/shipments/{other}/transitions"),
@@ -366,7 +378,10 @@ async fn the_transitions_route_moves_as_the_actions_do_and_names_what_is_allowed
         .json()
         .await
         .expect("json");
-    assert_eq!(counts["pagination"]["total"], 1, "the tallies moved with it");
+    assert_eq!(
+        counts["pagination"]["total"], 1,
+        "the tallies moved with it"
+    );
 }
 
 #[tokio::test]

@@ -173,23 +173,23 @@ pub async fn create_connector(
     let fields = body.fields()?;
     let (scope, ctx, fields) = (&auth.scope(), &ctx, &fields);
     let connector = crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                check_consent(tx, scope, fields, None).await?;
-                let c = store::insert(tx, scope, fields)
-                    .await
-                    .map_err(consent_taken)?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.connector.created", "trade.connector", Some(c.id))
-                        .changes(Changes::created(&c, &[])),
-                )
-                .await?;
-                Ok::<_, ApiError>(c)
-            })
+        Box::pin(async move {
+            check_consent(tx, scope, fields, None).await?;
+            let c = store::insert(tx, scope, fields)
+                .await
+                .map_err(consent_taken)?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.connector.created", "trade.connector", Some(c.id))
+                    .changes(Changes::created(&c, &[])),
+            )
+            .await?;
+            Ok::<_, ApiError>(c)
         })
-        .await?;
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         [(
@@ -236,36 +236,36 @@ pub async fn update_connector(
     let fields = body.fields()?;
     let (scope, ctx, fields, expected) = (&auth.scope(), &ctx, &fields, &expected);
     let connector = crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if let Some(v) = version_of(*expected)
-                    && v != before.version
-                {
-                    return Err(stale_for(*expected));
-                }
-                check_consent(tx, scope, fields, Some(before.id)).await?;
-                if !store::update(tx, scope, &before, fields)
-                    .await
-                    .map_err(consent_taken)?
-                {
-                    return Err(stale_for(*expected));
-                }
-                let after = store::get(tx, scope, id).await?;
-                let diff = Changes::diff(&before, &after, &[]);
-                if !diff.is_empty() {
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.connector.updated", "trade.connector", Some(id))
-                            .changes(diff),
-                    )
-                    .await?;
-                }
-                Ok(after)
-            })
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if let Some(v) = version_of(*expected)
+                && v != before.version
+            {
+                return Err(stale_for(*expected));
+            }
+            check_consent(tx, scope, fields, Some(before.id)).await?;
+            if !store::update(tx, scope, &before, fields)
+                .await
+                .map_err(consent_taken)?
+            {
+                return Err(stale_for(*expected));
+            }
+            let after = store::get(tx, scope, id).await?;
+            let diff = Changes::diff(&before, &after, &[]);
+            if !diff.is_empty() {
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("trade.connector.updated", "trade.connector", Some(id))
+                        .changes(diff),
+                )
+                .await?;
+            }
+            Ok(after)
         })
-        .await?;
+    })
+    .await?;
     Ok(Json(connector))
 }
 
@@ -282,22 +282,22 @@ pub async fn delete_connector(
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
     crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if !store::delete(tx, scope, id).await? {
-                    return Err(ApiError::from(StoreError::NotFound));
-                }
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.connector.deleted", "trade.connector", Some(id))
-                        .changes(Changes::deleted(&before, &[])),
-                )
-                .await?;
-                Ok::<_, ApiError>(())
-            })
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if !store::delete(tx, scope, id).await? {
+                return Err(ApiError::from(StoreError::NotFound));
+            }
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.connector.deleted", "trade.connector", Some(id))
+                    .changes(Changes::deleted(&before, &[])),
+            )
+            .await?;
+            Ok::<_, ApiError>(())
         })
-        .await?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -158,33 +158,32 @@ pub async fn export_shipments(
         let (scope, ctx, stored) = (&scope, &ctx, &stored);
         let jobs = &state.jobs;
         let queued = crate::dashboard::write(&state, scope, |tx| {
-                Box::pin(async move {
-                    let e =
-                        store::insert(tx, scope, format, stored, crate::actor_id(scope)).await?;
-                    let job_id = jobs
-                        .enqueue(tx, Some(scope), &ExportShipments { export_id: e.id })
-                        .await?;
-                    store::set_job(tx, scope, e.id, job_id).await?;
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.shipments.exported", "trade.export", Some(e.id))
-                            .detail("format", format.as_str())
-                            .detail("filter", stored)
-                            .detail("async", true),
-                    )
+            Box::pin(async move {
+                let e = store::insert(tx, scope, format, stored, crate::actor_id(scope)).await?;
+                let job_id = jobs
+                    .enqueue(tx, Some(scope), &ExportShipments { export_id: e.id })
                     .await?;
-                    Ok::<_, ApiError>(ExportQueued {
-                        job_id,
-                        status: "queued".into(),
-                        export_id: e.id,
-                        export_url: export_url(e.id),
-                        download_url: download_url(e.id),
-                    })
+                store::set_job(tx, scope, e.id, job_id).await?;
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("trade.shipments.exported", "trade.export", Some(e.id))
+                        .detail("format", format.as_str())
+                        .detail("filter", stored)
+                        .detail("async", true),
+                )
+                .await?;
+                Ok::<_, ApiError>(ExportQueued {
+                    job_id,
+                    status: "queued".into(),
+                    export_id: e.id,
+                    export_url: export_url(e.id),
+                    download_url: download_url(e.id),
                 })
             })
-            .await?;
+        })
+        .await?;
         let location = format!("/api/v1/jobs/{}", queued.job_id);
         return Ok((
             StatusCode::ACCEPTED,
@@ -196,21 +195,21 @@ pub async fn export_shipments(
     {
         let (scope, ctx, stored) = (&scope, &ctx, &stored);
         crate::dashboard::write(&state, scope, |tx| {
-                Box::pin(async move {
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.shipments.exported", "trade.export", None::<Uuid>)
-                            .detail("format", format.as_str())
-                            .detail("filter", stored)
-                            .detail("rows", n),
-                    )
-                    .await?;
-                    Ok::<_, ApiError>(())
-                })
+            Box::pin(async move {
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("trade.shipments.exported", "trade.export", None::<Uuid>)
+                        .detail("format", format.as_str())
+                        .detail("filter", stored)
+                        .detail("rows", n),
+                )
+                .await?;
+                Ok::<_, ApiError>(())
             })
-            .await?;
+        })
+        .await?;
     }
     let name = file_name(format);
     match format {

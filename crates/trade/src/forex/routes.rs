@@ -255,67 +255,66 @@ pub async fn create_rate(
     let scope = &auth.scope();
     let (state_ref, ctx, input) = (&state, &ctx, &input);
     let created = crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                // Rates of one currency are recorded one after the other: two at once
-                // would otherwise both be compared with the same previous rate.
-                store::lock_series(tx, scope, &input.currency).await?;
-                let rate = store::insert(tx, scope, input, crate::actor_id(scope)).await?;
-                let previous = store::previous(tx, scope, &rate).await?;
-                let mut alert = None;
-                if let Some(prev) = &previous
-                    && let Some((severity, anomaly)) = classify(prev.rate_micros, rate.rate_micros)
-                {
-                    let row =
-                        store::insert_alert(tx, scope, prev, &rate, severity, anomaly).await?;
-                    alert = Some(Alert::from(row));
+        Box::pin(async move {
+            // Rates of one currency are recorded one after the other: two at once
+            // would otherwise both be compared with the same previous rate.
+            store::lock_series(tx, scope, &input.currency).await?;
+            let rate = store::insert(tx, scope, input, crate::actor_id(scope)).await?;
+            let previous = store::previous(tx, scope, &rate).await?;
+            let mut alert = None;
+            if let Some(prev) = &previous
+                && let Some((severity, anomaly)) = classify(prev.rate_micros, rate.rate_micros)
+            {
+                let row = store::insert_alert(tx, scope, prev, &rate, severity, anomaly).await?;
+                alert = Some(Alert::from(row));
+            }
+            let shown = Rate::from(rate.clone());
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new(
+                    "trade.forex.rate_created",
+                    "trade.forex_rate",
+                    Some(rate.id),
+                )
+                .changes(Changes::created(&shown, &[])),
+            )
+            .await?;
+            if let Some(a) = &alert {
+                let data = json!({
+                    "alert_id": a.id,
+                    "currency": a.currency,
+                    "previous_rate": a.previous_rate,
+                    "rate": a.rate,
+                    "change_percent": a.change_percent,
+                    "severity": a.severity,
+                    "anomaly": a.anomaly,
+                });
+                for admin in store::admins(tx, scope).await? {
+                    keel_kernel::notify::send(
+                        state_ref,
+                        tx,
+                        scope,
+                        admin,
+                        ALERT_NOTIFICATION,
+                        data.clone(),
+                    )
+                    .await?;
                 }
-                let shown = Rate::from(rate.clone());
                 audit::record(
                     tx,
                     scope,
                     ctx,
-                    NewEvent::new(
-                        "trade.forex.rate_created",
-                        "trade.forex_rate",
-                        Some(rate.id),
-                    )
-                    .changes(Changes::created(&shown, &[])),
+                    NewEvent::new("trade.forex.alert", "trade.forex_alert", Some(a.id))
+                        .details(data),
                 )
                 .await?;
-                if let Some(a) = &alert {
-                    let data = json!({
-                        "alert_id": a.id,
-                        "currency": a.currency,
-                        "previous_rate": a.previous_rate,
-                        "rate": a.rate,
-                        "change_percent": a.change_percent,
-                        "severity": a.severity,
-                        "anomaly": a.anomaly,
-                    });
-                    for admin in store::admins(tx, scope).await? {
-                        keel_kernel::notify::send(
-                            state_ref,
-                            tx,
-                            scope,
-                            admin,
-                            ALERT_NOTIFICATION,
-                            data.clone(),
-                        )
-                        .await?;
-                    }
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.forex.alert", "trade.forex_alert", Some(a.id))
-                            .details(data),
-                    )
-                    .await?;
-                }
-                Ok::<_, ApiError>(RateCreated { rate: shown, alert })
-            })
+            }
+            Ok::<_, ApiError>(RateCreated { rate: shown, alert })
         })
-        .await?;
+    })
+    .await?;
     latest_cache(&state)?.invalidate(&latest_key(scope)).await;
     let location = format!("/api/v1/trade/forex/rates/{}", created.rate.id);
     Ok((

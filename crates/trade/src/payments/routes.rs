@@ -196,98 +196,98 @@ pub async fn record_payment(
     let (state, scope, ctx, body) = (&state, &auth.scope(), &ctx, &body);
     let id = Uuid::now_v7();
     let payment = crate::dashboard::write(state, scope, |tx| {
-            Box::pin(async move {
-                if !lock_shipment(tx, scope, shipment_id).await? {
-                    return Err(ApiError::not_found());
+        Box::pin(async move {
+            if !lock_shipment(tx, scope, shipment_id).await? {
+                return Err(ApiError::not_found());
+            }
+            let shipment = shipments::get(tx, scope, shipment_id).await?;
+            let input = body.validate(&shipment.currency)?;
+            let cell = Tally::of(&shipment)?;
+            match cell.status {
+                Status::Draft => {
+                    return Err(ApiError::conflict(
+                        "the shipment is a draft: it takes payments once booked",
+                    )
+                    .with_extra("current_status", cell.status.as_str()));
                 }
-                let shipment = shipments::get(tx, scope, shipment_id).await?;
-                let input = body.validate(&shipment.currency)?;
-                let cell = Tally::of(&shipment)?;
-                match cell.status {
-                    Status::Draft => {
-                        return Err(ApiError::conflict(
-                            "the shipment is a draft: it takes payments once booked",
-                        )
-                        .with_extra("current_status", cell.status.as_str()));
-                    }
-                    Status::Cancelled => {
-                        return Err(ApiError::conflict(
-                            "the shipment is cancelled: it takes no payments",
-                        )
-                        .with_extra("current_status", cell.status.as_str()));
-                    }
-                    Status::Booked | Status::InTransit | Status::Delivered => {}
+                Status::Cancelled => {
+                    return Err(ApiError::conflict(
+                        "the shipment is cancelled: it takes no payments",
+                    )
+                    .with_extra("current_status", cell.status.as_str()));
                 }
-                store::insert(
-                    tx,
-                    state,
-                    scope,
-                    id,
-                    shipment_id,
-                    &input,
-                    crate::actor_id(scope),
-                )
-                .await?;
-                let realized = store::sum_for_shipment(tx, scope, shipment_id).await?;
-                let ebrc = if realized >= shipment.invoice_value_minor {
-                    EbrcStatus::Realized
-                } else {
-                    cell.ebrc
-                };
-                if !shipments::set_state(
-                    tx,
-                    scope,
-                    &shipment,
-                    Tally::new(cell.status, ebrc),
-                    Some(realized),
-                )
-                .await?
-                {
-                    // The row is locked: only a bug gets here.
-                    return Err(ApiError::internal(anyhow::anyhow!(
-                        "shipment {shipment_id} changed under its lock"
-                    )));
-                }
-                let payment = store::get(tx, scope, id).await?.open(state, scope, false)?;
+                Status::Booked | Status::InTransit | Status::Delivered => {}
+            }
+            store::insert(
+                tx,
+                state,
+                scope,
+                id,
+                shipment_id,
+                &input,
+                crate::actor_id(scope),
+            )
+            .await?;
+            let realized = store::sum_for_shipment(tx, scope, shipment_id).await?;
+            let ebrc = if realized >= shipment.invoice_value_minor {
+                EbrcStatus::Realized
+            } else {
+                cell.ebrc
+            };
+            if !shipments::set_state(
+                tx,
+                scope,
+                &shipment,
+                Tally::new(cell.status, ebrc),
+                Some(realized),
+            )
+            .await?
+            {
+                // The row is locked: only a bug gets here.
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "shipment {shipment_id} changed under its lock"
+                )));
+            }
+            let payment = store::get(tx, scope, id).await?.open(state, scope, false)?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.payment.received", "trade.payment", Some(id))
+                    .changes(Changes::created(
+                        &payment,
+                        &["bank_reference", "account_number"],
+                    ))
+                    .detail("shipment_id", shipment_id)
+                    .detail("realized_minor", realized),
+            )
+            .await?;
+            if ebrc == EbrcStatus::Realized && cell.ebrc != EbrcStatus::Realized {
                 audit::record(
                     tx,
                     scope,
                     ctx,
-                    NewEvent::new("trade.payment.received", "trade.payment", Some(id))
-                        .changes(Changes::created(
-                            &payment,
-                            &["bank_reference", "account_number"],
-                        ))
-                        .detail("shipment_id", shipment_id)
-                        .detail("realized_minor", realized),
+                    NewEvent::new(
+                        "trade.shipment.ebrc_realized",
+                        "trade.shipment",
+                        Some(shipment_id),
+                    )
+                    .changes(
+                        Changes::new()
+                            .field("ebrc_status", cell.ebrc.as_str(), ebrc.as_str())
+                            .field("realized_minor", shipment.realized_minor, realized),
+                    )
+                    .detail("reference", &shipment.reference)
+                    .detail("invoice_value_minor", shipment.invoice_value_minor)
+                    .detail("currency", &shipment.currency)
+                    .detail("payment_id", id),
                 )
                 .await?;
-                if ebrc == EbrcStatus::Realized && cell.ebrc != EbrcStatus::Realized {
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new(
-                            "trade.shipment.ebrc_realized",
-                            "trade.shipment",
-                            Some(shipment_id),
-                        )
-                        .changes(
-                            Changes::new()
-                                .field("ebrc_status", cell.ebrc.as_str(), ebrc.as_str())
-                                .field("realized_minor", shipment.realized_minor, realized),
-                        )
-                        .detail("reference", &shipment.reference)
-                        .detail("invoice_value_minor", shipment.invoice_value_minor)
-                        .detail("currency", &shipment.currency)
-                        .detail("payment_id", id),
-                    )
-                    .await?;
-                }
-                Ok::<_, ApiError>(payment)
-            })
+            }
+            Ok::<_, ApiError>(payment)
         })
-        .await?;
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         [(

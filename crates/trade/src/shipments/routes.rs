@@ -238,7 +238,10 @@ impl ShipmentInput {
                 None
             })
         };
-        let given_country = self.buyer_country.as_deref().filter(|c| !c.trim().is_empty());
+        let given_country = self
+            .buyer_country
+            .as_deref()
+            .filter(|c| !c.trim().is_empty());
         let buyer_country = given_country.and_then(|c| country_of(&mut errors, "buyer_country", c));
         // The buyer is a business partner of the organization (its record is the buyer's
         // name; the kernel's partner keeps no country, so one may be given), or a name and a
@@ -435,23 +438,23 @@ pub async fn create_shipment(
 ) -> ApiResult<Response> {
     let (scope, ctx, body) = (&auth.scope(), &ctx, &body);
     let shipment = crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                let fields = body.fields(tx, scope).await?;
-                let s = store::insert(tx, scope, &fields, crate::actor_id(scope))
-                    .await
-                    .map_err(reference_taken)?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.shipment.created", "trade.shipment", Some(s.id))
-                        .changes(Changes::created(&s, &[])),
-                )
-                .await?;
-                Ok::<_, ApiError>(s)
-            })
+        Box::pin(async move {
+            let fields = body.fields(tx, scope).await?;
+            let s = store::insert(tx, scope, &fields, crate::actor_id(scope))
+                .await
+                .map_err(reference_taken)?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.shipment.created", "trade.shipment", Some(s.id))
+                    .changes(Changes::created(&s, &[])),
+            )
+            .await?;
+            Ok::<_, ApiError>(s)
         })
-        .await?;
+    })
+    .await?;
     Ok((StatusCode::CREATED, location(&shipment), Json(shipment)).into_response())
 }
 
@@ -545,29 +548,29 @@ pub async fn delete_shipment(
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
     crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if before.status != Status::Draft.as_str() {
-                    return Err(ApiError::conflict(format!(
-                        "only draft shipments can be deleted; this one is {} (cancel it instead)",
-                        before.status
-                    )));
-                }
-                if !store::soft_delete(tx, scope, &before).await? {
-                    return Err(ApiError::conflict("the shipment changed meanwhile; retry"));
-                }
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.shipment.deleted", "trade.shipment", Some(id))
-                        .detail("reference", &before.reference),
-                )
-                .await?;
-                Ok::<_, ApiError>(())
-            })
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if before.status != Status::Draft.as_str() {
+                return Err(ApiError::conflict(format!(
+                    "only draft shipments can be deleted; this one is {} (cancel it instead)",
+                    before.status
+                )));
+            }
+            if !store::soft_delete(tx, scope, &before).await? {
+                return Err(ApiError::conflict("the shipment changed meanwhile; retry"));
+            }
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.shipment.deleted", "trade.shipment", Some(id))
+                    .detail("reference", &before.reference),
+            )
+            .await?;
+            Ok::<_, ApiError>(())
         })
-        .await?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -608,48 +611,47 @@ async fn transition(
         transition_reason(body.reason.as_deref()).map_err(|e| ApiError::validation(vec![e]))?;
     let (reason, expected) = (&reason, &expected);
     let shipment = crate::dashboard::write(state, scope, |tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if let Some(v) = version_of(*expected)
-                    && v != before.version
-                {
-                    return Err(stale_for(*expected));
-                }
-                let from = Tally::of(&before)?;
-                if !from.status.can_move_to(to) {
-                    let allowed: Vec<&str> =
-                        from.status.next().iter().map(|s| s.as_str()).collect();
-                    return Err(ApiError::conflict(format!(
-                        "a {} shipment cannot become {}; allowed: {}",
-                        from.status.as_str(),
-                        to.as_str(),
-                        if allowed.is_empty() {
-                            "none (it is closed)".to_string()
-                        } else {
-                            allowed.join(", ")
-                        }
-                    ))
-                    .with_extra("current_status", from.status.as_str())
-                    .with_extra("allowed", allowed));
-                }
-                if !store::set_state(tx, scope, &before, Tally::new(to, from.ebrc), None).await? {
-                    return Err(stale_for(*expected));
-                }
-                let after = store::get(tx, scope, id).await?;
-                let mut event =
-                    NewEvent::new("trade.shipment.status_changed", "trade.shipment", Some(id))
-                        .changes(Changes::diff(&before, &after, &[]))
-                        .detail("reference", &after.reference)
-                        .detail("from", from.status.as_str())
-                        .detail("to", to.as_str());
-                if let Some(r) = reason {
-                    event = event.detail("reason", r);
-                }
-                audit::record(tx, scope, ctx, event).await?;
-                Ok::<_, ApiError>(after)
-            })
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if let Some(v) = version_of(*expected)
+                && v != before.version
+            {
+                return Err(stale_for(*expected));
+            }
+            let from = Tally::of(&before)?;
+            if !from.status.can_move_to(to) {
+                let allowed: Vec<&str> = from.status.next().iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::conflict(format!(
+                    "a {} shipment cannot become {}; allowed: {}",
+                    from.status.as_str(),
+                    to.as_str(),
+                    if allowed.is_empty() {
+                        "none (it is closed)".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ))
+                .with_extra("current_status", from.status.as_str())
+                .with_extra("allowed", allowed));
+            }
+            if !store::set_state(tx, scope, &before, Tally::new(to, from.ebrc), None).await? {
+                return Err(stale_for(*expected));
+            }
+            let after = store::get(tx, scope, id).await?;
+            let mut event =
+                NewEvent::new("trade.shipment.status_changed", "trade.shipment", Some(id))
+                    .changes(Changes::diff(&before, &after, &[]))
+                    .detail("reference", &after.reference)
+                    .detail("from", from.status.as_str())
+                    .detail("to", to.as_str());
+            if let Some(r) = reason {
+                event = event.detail("reason", r);
+            }
+            audit::record(tx, scope, ctx, event).await?;
+            Ok::<_, ApiError>(after)
         })
-        .await?;
+    })
+    .await?;
     Ok(Json(shipment))
 }
 
@@ -792,44 +794,44 @@ pub async fn set_ebrc(
     let expected = expected_version(&headers, body.version)?;
     let (scope, ctx, expected) = (&auth.scope(), &ctx, &expected);
     let shipment = crate::dashboard::write(&state, scope, |tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if let Some(v) = version_of(*expected)
-                    && v != before.version
-                {
-                    return Err(stale_for(*expected));
-                }
-                let from = Tally::of(&before)?;
-                if matches!(from.status, Status::Draft | Status::Cancelled) {
-                    return Err(ApiError::conflict(format!(
-                        "a {} shipment has no e-BRC to file",
-                        from.status.as_str()
-                    )));
-                }
-                if from.ebrc == EbrcStatus::Realized {
-                    return Err(ApiError::conflict(
-                        "the e-BRC is realized: payments cover the invoice value",
-                    ));
-                }
-                if from.ebrc == to {
-                    return Ok(before);
-                }
-                if !store::set_state(tx, scope, &before, Tally::new(from.status, to), None).await? {
-                    return Err(stale_for(*expected));
-                }
-                let after = store::get(tx, scope, id).await?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.shipment.ebrc_changed", "trade.shipment", Some(id))
-                        .changes(Changes::diff(&before, &after, &[]))
-                        .detail("reference", &after.reference),
-                )
-                .await?;
-                Ok::<_, ApiError>(after)
-            })
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if let Some(v) = version_of(*expected)
+                && v != before.version
+            {
+                return Err(stale_for(*expected));
+            }
+            let from = Tally::of(&before)?;
+            if matches!(from.status, Status::Draft | Status::Cancelled) {
+                return Err(ApiError::conflict(format!(
+                    "a {} shipment has no e-BRC to file",
+                    from.status.as_str()
+                )));
+            }
+            if from.ebrc == EbrcStatus::Realized {
+                return Err(ApiError::conflict(
+                    "the e-BRC is realized: payments cover the invoice value",
+                ));
+            }
+            if from.ebrc == to {
+                return Ok(before);
+            }
+            if !store::set_state(tx, scope, &before, Tally::new(from.status, to), None).await? {
+                return Err(stale_for(*expected));
+            }
+            let after = store::get(tx, scope, id).await?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.shipment.ebrc_changed", "trade.shipment", Some(id))
+                    .changes(Changes::diff(&before, &after, &[]))
+                    .detail("reference", &after.reference),
+            )
+            .await?;
+            Ok::<_, ApiError>(after)
         })
-        .await?;
+    })
+    .await?;
     Ok(Json(shipment))
 }
