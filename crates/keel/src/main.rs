@@ -155,10 +155,12 @@ fn main() -> ExitCode {
         println!("KEEL_ENCRYPTION_KEY={}", random_hex(32));
         return ExitCode::SUCCESS;
     }
-    let config = match load(&source) {
+    let mut config = match load(&source) {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
+    // What the apps' records hold that logs must never show (set before any logging starts).
+    config.log.redaction.module_fields = keel_kernel::module::log_redacted_fields(&modules());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

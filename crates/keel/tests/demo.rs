@@ -1,6 +1,9 @@
 //! `keel demo seed`: the real binary creates the demo organization, its users and a batch of
-//! shipments; the printed credentials sign in, the totals the API reports equal the rows, the
-//! partner user sees only their partner's shipments, and a second run adds a batch.
+//! shipments with their payments, forex rates and a few documents; the printed credentials
+//! sign in, the totals the API reports equal the rows, every realised shipment's payments add
+//! up to its value (bank fields sealed), the GST summary and the dashboard convert with the
+//! seeded rates, the documents download, the partner user sees only their partner's
+//! shipments, and a second run adds a batch.
 
 use std::sync::Arc;
 
@@ -21,6 +24,10 @@ fn keel_demo(app: &TestApp, args: &[&str]) -> std::process::Output {
     if let Some(schema) = &config.database.schema {
         cmd.env("KEEL_DATABASE__SCHEMA", schema);
     }
+    // The server under test must open what the seed seals (payments' bank fields).
+    if let Some(key) = &config.encryption_key {
+        cmd.env("KEEL_ENCRYPTION_KEY", key.expose());
+    }
     cmd.args(["demo", "seed"])
         .args(args)
         .output()
@@ -37,12 +44,20 @@ async fn total(app: &TestApp, token: &str, query: &str) -> u64 {
 }
 
 async fn count(app: &TestApp, filter: &str) -> u64 {
+    scalar(
+        app,
+        &format!("SELECT COUNT(*) AS n FROM trade_shipments WHERE deleted_at IS NULL {filter}"),
+    )
+    .await
+}
+
+/// A query's one `n` (a count).
+async fn scalar(app: &TestApp, sql: &str) -> u64 {
     #[derive(sqlx::FromRow)]
     struct N {
         n: i64,
     }
-    let sql =
-        format!("SELECT COUNT(*) AS n FROM trade_shipments WHERE deleted_at IS NULL {filter}");
+    let sql = sql.to_string();
     let n: N = match &app.state.db {
         keel_kernel::store::Db::Sqlite(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_one(pool)
@@ -111,6 +126,135 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
         assert!(tuples >= 1500.0, "statistics after the seed: {tuples}");
     }
 
+    // Payments: every realised shipment's add up to its invoice value (and to its
+    // realized_minor); no other shipment has more paid than it records.
+    let realised = count(&app, "AND ebrc_status = 'realized'").await;
+    assert!(realised > 100, "a realistic share is realised: {realised}");
+    let unpaid = scalar(
+        &app,
+        "SELECT COUNT(*) AS n FROM trade_shipments s WHERE s.ebrc_status = 'realized' \
+         AND s.invoice_value_minor <> (SELECT COALESCE(SUM(p.amount_minor), 0) \
+         FROM trade_payments p WHERE p.shipment_id = s.id)",
+    )
+    .await;
+    assert_eq!(unpaid, 0, "realised shipments whose payments do not add up");
+    let mismatched = scalar(
+        &app,
+        "SELECT COUNT(*) AS n FROM trade_shipments s WHERE s.realized_minor <> \
+         (SELECT COALESCE(SUM(p.amount_minor), 0) FROM trade_payments p WHERE p.shipment_id = s.id)",
+    )
+    .await;
+    assert_eq!(
+        mismatched, 0,
+        "realized_minor is the sum of each shipment's payments"
+    );
+    let payments: Value = app
+        .get_as("/api/v1/trade/payments?page_size=1", &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let paid = payments["pagination"]["total"].as_u64().expect("a total");
+    assert!(
+        paid >= realised,
+        "{paid} payments for {realised} realised shipments"
+    );
+    // Their bank fields are sealed at rest and open through the API.
+    let sealed = scalar(
+        &app,
+        "SELECT COUNT(*) AS n FROM trade_payments WHERE bank_reference NOT LIKE 'v1.%' \
+         OR account_number NOT LIKE 'v1.%'",
+    )
+    .await;
+    assert_eq!(sealed, 0, "every bank field is ciphertext");
+    let one: Value = app
+        .get_as(
+            &format!(
+                "/api/v1/trade/payments/{}",
+                payments["data"][0]["id"].as_str().expect("a payment")
+            ),
+            &admin.access_token,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        one["bank_reference"]
+            .as_str()
+            .is_some_and(|r| r.len() > 8 && !r.contains('*')),
+        "{one}"
+    );
+
+    // Rates: every supported currency, weekly over the two years.
+    let latest: Value = app
+        .get_as("/api/v1/trade/forex/latest", &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        latest["rates"].as_array().map(Vec::len),
+        Some(21),
+        "{latest}"
+    );
+    let rates = scalar(&app, "SELECT COUNT(*) AS n FROM trade_forex_rates").await;
+    assert!(rates >= 21 * 100, "{rates} rates");
+    // ... so the GST summary of every seeded month converts each shipment.
+    let month = chrono::Utc::now().date_naive() - chrono::Duration::days(200);
+    let gst: Value = app
+        .get_as(
+            &format!(
+                "/api/v1/trade/gst/summary?year={}&month={}",
+                chrono::Datelike::year(&month),
+                chrono::Datelike::month(&month)
+            ),
+            &admin.access_token,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(gst["total"]["shipments"].as_u64() > Some(10), "{gst}");
+    assert_eq!(gst["total"]["unconverted_shipments"], 0, "{gst}");
+    assert!(gst["total"]["inr_minor"].as_i64() > Some(0), "{gst}");
+    let dashboard: Value = app
+        .get_as("/api/v1/trade/dashboard", &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        dashboard["this_month"]["unconverted_shipments"], 0,
+        "{dashboard}"
+    );
+
+    // Documents, stored through the kernel's file storage: a few, and they download.
+    let documents = scalar(&app, "SELECT COUNT(*) AS n FROM trade_documents").await;
+    assert_eq!(
+        documents, 6,
+        "an invoice and a shipping bill for three shipments"
+    );
+    #[derive(sqlx::FromRow)]
+    struct Doc {
+        id: uuid::Uuid,
+    }
+    let sql = "SELECT id FROM trade_documents";
+    let doc: Doc = match &app.state.db {
+        keel_kernel::store::Db::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await,
+        keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await,
+    }
+    .expect("a document");
+    let r = app
+        .get_as(
+            &format!("/api/v1/trade/documents/{}/content", doc.id),
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/pdf");
+    assert!(r.bytes().await.expect("bytes").starts_with(b"%PDF"));
+
     // The partner user sees only the shipments of their partner.
     let buyer = app
         .sign_in("buyer@demo-exports.example.com", password)
@@ -138,6 +282,23 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
     let report: Value = serde_json::from_slice(&again.stdout).expect("a JSON report");
     assert!(report["accounts"][0]["password"].is_null());
     assert_eq!(total(&app, &admin.access_token, "").await, 2000);
+    // Rates are seeded once per currency; payments and documents come with the new batch.
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) AS n FROM trade_forex_rates").await,
+        rates
+    );
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) AS n FROM trade_documents").await,
+        12
+    );
+    let unpaid = scalar(
+        &app,
+        "SELECT COUNT(*) AS n FROM trade_shipments s WHERE s.ebrc_status = 'realized' \
+         AND s.invoice_value_minor <> (SELECT COALESCE(SUM(p.amount_minor), 0) \
+         FROM trade_payments p WHERE p.shipment_id = s.id)",
+    )
+    .await;
+    assert_eq!(unpaid, 0);
 
     // A weak --password is refused before anything is written.
     let weak = keel_demo(&app, &["--shipments", "10", "--password", "short"]);

@@ -237,6 +237,28 @@ pub trait Module: Send + Sync + 'static {
     fn encrypted_columns(&self) -> Vec<crate::crypto::keys::EncryptedTable> {
         Vec::new()
     }
+
+    /// Field names of this module's records that no log line may show in clear (beyond the
+    /// kernel's built-in list: passwords, tokens, emails, account numbers, …). Masked fully
+    /// wherever they appear — JSON keys at any depth, `key=value` and `key: value` in text,
+    /// `?debug` output of whole structs — as `log.redaction.extra_fields` are (see
+    /// [`crate::redact`]). Matched by name segment, case-insensitive.
+    fn log_redacted_fields(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+}
+
+/// The sensitive field names of `modules`, for [`crate::redact::RedactionConfig::module_fields`]
+/// (the binary sets it before logging starts, so the first line is already masked).
+pub fn log_redacted_fields(modules: &[Arc<dyn Module>]) -> Vec<String> {
+    let mut names: Vec<String> = modules
+        .iter()
+        .flat_map(|m| m.log_redacted_fields())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The enabled modules, checked for consistency.

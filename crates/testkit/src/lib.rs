@@ -290,7 +290,7 @@ impl TestAppBuilder {
 
     /// Builds the application without serving it (to test start-up failures).
     pub async fn build(self) -> anyhow::Result<(Application, Arc<TestDb>)> {
-        init_test_logging();
+        init_test_logging(&self.modules);
         let db = match self.db {
             Some(db) => db,
             None => Arc::new(TestDb::new().await?),
@@ -446,9 +446,9 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_else(|e| panic!("http client: {e}"))
 }
 
-fn init_test_logging() {
+fn init_test_logging(modules: &[Arc<dyn Module>]) {
     if let Ok(level) = std::env::var("TEST_LOG") {
-        let config = Config {
+        let mut config = Config {
             log: keel_kernel::config::LogConfig {
                 level,
                 format: keel_kernel::config::LogFormat::Pretty,
@@ -456,6 +456,7 @@ fn init_test_logging() {
             },
             ..Config::default()
         };
+        config.log.redaction.module_fields = keel_kernel::module::log_redacted_fields(modules);
         keel_kernel::observe::init_logging(&config);
     }
 }

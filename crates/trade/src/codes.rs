@@ -1,4 +1,4 @@
-//! Trade code lists: ISO 3166-1 alpha-2 countries, Incoterms 2020, HS codes.
+//! Trade code lists: ISO 3166-1 alpha-2 countries, UN/LOCODE ports, Incoterms 2020, HS codes.
 
 /// ISO 3166-1 alpha-2 officially assigned codes (249).
 const COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ \
@@ -18,6 +18,27 @@ pub const INCOTERMS: [&str; 11] = [
 pub fn country(raw: &str) -> Option<String> {
     let code = raw.trim().to_ascii_uppercase();
     (code.len() == 2 && COUNTRIES.split_ascii_whitespace().any(|c| c == code)).then_some(code)
+}
+
+/// A UN/LOCODE (a port or other trade location): an ISO 3166-1 alpha-2 country and three
+/// letters or digits for the place, `INNSA` (Nhava Sheva), `DEHAM` (Hamburg). Case-insensitive
+/// input, normalised to upper case; the space UN/LOCODE lists print between the two parts
+/// (`IN NSA`) is accepted and dropped. Only the shape and the country are checked, not that
+/// the place is in the UN list.
+pub fn locode(raw: &str) -> Option<String> {
+    let t = raw.trim().to_ascii_uppercase();
+    let code = match t.len() {
+        5 => t,
+        6 if t.as_bytes()[2] == b' ' => t.replacen(' ', "", 1),
+        _ => return None,
+    };
+    let (country_part, place) = code.split_at_checked(2)?;
+    (country(country_part).is_some()
+        && place.len() == 3
+        && place
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+    .then_some(code)
 }
 
 /// An Incoterms 2020 rule, case-insensitive input.
@@ -48,6 +69,19 @@ mod tests {
         assert_eq!(country(" de "), Some("DE".into()));
         assert_eq!(country("XX"), None);
         assert_eq!(country("DEU"), None);
+    }
+
+    #[test]
+    fn locodes_are_a_country_and_three_letters_or_digits() {
+        assert_eq!(locode("innsa"), Some("INNSA".into()));
+        assert_eq!(locode(" DE HAM "), Some("DEHAM".into()));
+        assert_eq!(locode("USNYC"), Some("USNYC".into()));
+        assert_eq!(locode("GB2QX"), Some("GB2QX".into()));
+        for bad in [
+            "", "INNS", "INNSAA", "XXHAM", "IN-NSA", "DEHA M", "DEHÄM", "12345", "D HAM",
+        ] {
+            assert_eq!(locode(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -2,23 +2,25 @@
 //!
 //! Counts by status and e-BRC status come from the shipment tallies (at most 20 rows, never a
 //! count of shipments); this month's export value in INR is the GST summary's total for the
-//! current UTC month; overdue e-BRCs are live shipments not cancelled whose e-BRC is not
-//! realised `overdue_days` after the shipping bill date (a range on the
+//! current UTC month (drafts are not exports); overdue e-BRCs are live shipments that went
+//! ahead (booked, in transit or delivered — as the overdue job counts them) whose e-BRC is
+//! not realised `overdue_days` after the shipping bill date (a range on the
 //! `(org_id, shipping_bill_date)` index); recent activity is the organization's latest trade
-//! audit events. The whole is cached five minutes per organization and dropped by
-//! [`invalidate`] after every write that changes it.
+//! audit events. The whole is cached five minutes per organization and dropped after every
+//! trade write ([`write`]: each records a trade audit event, which recent activity shows).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::future::BoxFuture;
 use keel_kernel::auth::Authorized;
 use keel_kernel::cache::{CacheKey, Tag, TenantCache};
 use keel_kernel::http::{ApiError, ApiResult, Json};
 use keel_kernel::module::ModuleRouter;
 use keel_kernel::state::AppState;
-use keel_kernel::store::{StoreError, now};
+use keel_kernel::store::{StoreError, UnitOfWork, now};
 use keel_kernel::tenancy::TenantScope;
 use sea_query::{Expr, ExprTrait, Func, LikeExpr, Order, Query};
 use serde::{Deserialize, Serialize};
@@ -119,8 +121,9 @@ fn tag(scope: &TenantScope) -> Tag {
     Tag::org(scope, "dashboard")
 }
 
-/// Drops the organization's cached dashboard on every node. Call it after a write that
-/// changes shipments, their e-BRC status or forex rates has committed.
+/// Drops the organization's cached dashboard on every node, once a write has committed.
+/// Trade writes go through [`write`], which calls it; call it directly only where the scope
+/// is known only after the commit (the Account Aggregator webhook) or after bulk loads.
 ///
 /// It takes the scope rather than a bare organization id: the kernel cache forms keys and tags
 /// only from a scope, so no code can address another organization's entries.
@@ -129,6 +132,24 @@ pub async fn invalidate(state: &AppState, scope: &TenantScope) {
         Ok(c) => c.invalidate_tag(&tag(scope)).await,
         Err(e) => tracing::error!(error = ?e, "dashboard cache unavailable"),
     }
+}
+
+/// Runs a trade write as [`keel_kernel::store::Db::transaction`] does and, once it has
+/// committed, drops the organization's cached dashboard before returning.
+///
+/// Why every trade write and not only those that move shipment counts: each one records a
+/// `trade.*` audit event, and the dashboard's recent activity lists them — a document upload,
+/// a connector change, an export or the overdue job is as visible there as a shipment. One
+/// place for all of them means a new writer cannot forget. The invalidation is awaited (not
+/// left to a task after commit), so the writer's own next read sees the change.
+pub async fn write<'env, T, E, F>(state: &AppState, scope: &TenantScope, work: F) -> Result<T, E>
+where
+    F: for<'t> FnMut(&'t mut UnitOfWork<'env>) -> BoxFuture<'t, Result<T, E>>,
+    E: From<StoreError>,
+{
+    let value = state.db.transaction(work).await?;
+    invalidate(state, scope).await;
+    Ok(value)
 }
 
 async fn counts(state: &AppState, scope: &TenantScope) -> Result<Counts, StoreError> {
@@ -161,7 +182,8 @@ async fn overdue(
     let cond = visible(scope)
         .add(Expr::col("shipping_bill_date").lt(cutoff))
         .add(Expr::col("ebrc_status").ne(EbrcStatus::Realized.as_str()))
-        .add(Expr::col("status").ne(Status::Cancelled.as_str()));
+        // As the overdue job: drafts and cancelled shipments have no e-BRC falling due.
+        .add(Expr::col("status").is_in(Status::exported()));
     #[derive(sqlx::FromRow)]
     struct Count {
         n: i64,

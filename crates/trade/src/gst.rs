@@ -1,8 +1,9 @@
 //! `GET /api/v1/trade/gst/summary?year=&month=`: the month's exports for the GST return.
 //!
 //! The month is the half-open range of shipping bill dates `[first day, first day of the next
-//! month)`, compared as dates (never a string prefix). Cancelled and deleted shipments are
-//! left out. Each shipment is converted to INR at the rate in force on its shipping bill
+//! month)`, compared as dates (never a string prefix). Only shipments that went ahead count
+//! as exports (`booked`, `in_transit`, `delivered`): drafts, cancelled and deleted shipments
+//! are left out. Each shipment is converted to INR at the rate in force on its shipping bill
 //! date: the latest rate of its currency effective before the end of that day (UTC), so a
 //! rate effective `2025-03-31T22:00:00-05:00` (April 1st, 03:00 UTC) applies from April 1st.
 //! Each conversion is rounded half up to the paisa. Shipments whose currency has no rate in
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::forex::store::{RateRow, in_force_during};
 use crate::perms::ReportsRead;
+use crate::shipments::Status;
 use crate::shipments::store::{TABLE as SHIPMENTS, visible};
 
 pub fn router() -> ModuleRouter {
@@ -223,7 +225,7 @@ pub async fn compute(
                     visible(scope)
                         .add(Expr::col("shipping_bill_date").gte(from))
                         .add(Expr::col("shipping_bill_date").lt(to))
-                        .add(Expr::col("status").ne("cancelled")),
+                        .add(Expr::col("status").is_in(Status::exported())),
                 )
                 .order_by("shipping_bill_date", Order::Asc)
                 .order_by("id", Order::Asc)

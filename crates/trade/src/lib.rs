@@ -44,7 +44,8 @@ pub struct TradeSettings {
     /// Secrets of the Account Aggregator webhook (`whsec_…`): the current one, and the
     /// previous one during a rotation. Empty: the webhook answers 503.
     pub aa_webhook_secrets: Vec<String>,
-    /// Exports of more rows than this run as a job on the `export` queue (default 10,000).
+    /// Exports of up to this many rows are answered at once (CSV streamed); larger ones run as
+    /// a job on the `export` queue (default 100,000).
     pub export_async_rows: u64,
 }
 
@@ -60,7 +61,7 @@ impl Default for TradeSettings {
             currencies: DEFAULT_CURRENCIES.iter().map(|c| c.to_string()).collect(),
             overdue_days: 270,
             aa_webhook_secrets: Vec::new(),
-            export_async_rows: 10_000,
+            export_async_rows: 100_000,
         }
     }
 }
@@ -151,6 +152,8 @@ impl Module for TradeModule {
             keel_kernel::migration!(3, "0003_connectors", "migrations"),
             keel_kernel::migration!(4, "0004_documents", "migrations"),
             keel_kernel::migration!(5, "0005_payments", "migrations"),
+            keel_kernel::migration!(6, "0006_record_versions", "migrations"),
+            keel_kernel::migration!(7, "0007_forex_series", "migrations"),
         ]
     }
 
@@ -254,12 +257,17 @@ impl Module for TradeModule {
         payments::encrypted_columns()
     }
 
+    fn log_redacted_fields(&self) -> Vec<&'static str> {
+        payments::LOG_REDACTED_FIELDS.to_vec()
+    }
+
     fn fixtures(&self) -> Vec<keel_kernel::module::Fixture> {
         let mut fixtures = shipments::fixtures();
         fixtures.extend(documents::fixtures());
         fixtures.extend(payments::fixtures());
         fixtures.extend(connectors::fixtures());
         fixtures.extend(export::fixtures());
+        fixtures.extend(forex::fixtures());
         fixtures
     }
 
@@ -278,5 +286,20 @@ impl Module for TradeModule {
         } else {
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_up_to_100000_rows_are_answered_at_once_by_default() {
+        let settings = TradeSettings::default();
+        assert_eq!(settings.export_async_rows, 100_000);
+        assert!(
+            TradeSettings::problems(&serde_json::to_value(&settings).unwrap_or_default())
+                .is_empty()
+        );
     }
 }

@@ -16,6 +16,7 @@ use keel_kernel::audit::{self, AuditContext, Changes, NewEvent};
 use keel_kernel::jobs::{
     Cadence, JobContext, JobDefinition, JobError, JobPayload, ScheduleDefinition,
 };
+use keel_kernel::state::AppState;
 use keel_kernel::store::Db;
 use keel_kernel::tenancy::TenantScope;
 use sea_query::{Expr, ExprTrait, Order, Query};
@@ -81,7 +82,7 @@ pub async fn mark_overdue(ctx: JobContext, job: MarkOverdue) -> Result<OverdueRe
     let audit_ctx = AuditContext::system(MarkOverdue::JOB_TYPE);
     let mut report = OverdueReport::default();
     for scope in &scopes {
-        let marked = mark_in(&ctx.state.db, scope, &audit_ctx, cutoff, days).await?;
+        let marked = mark_in(&ctx.state, scope, &audit_ctx, cutoff, days).await?;
         report.organizations += 1;
         report.marked += marked;
     }
@@ -114,10 +115,7 @@ async fn organizations_with_open_ebrc(
                     Expr::col("ebrc_status")
                         .is_in([EbrcStatus::Pending.as_str(), EbrcStatus::Filed.as_str()]),
                 )
-                .and_where(
-                    Expr::col("status")
-                        .is_not_in([Status::Draft.as_str(), Status::Cancelled.as_str()]),
-                )
+                .and_where(Expr::col("status").is_in(Status::exported()))
                 .and_where(Expr::col("n").gt(0))
                 .to_owned(),
         )
@@ -125,9 +123,10 @@ async fn organizations_with_open_ebrc(
     Ok(rows.into_iter().map(|r| r.org_id).collect())
 }
 
-/// Marks one organization's overdue shipments, a batch per transaction; how many.
+/// Marks one organization's overdue shipments, a batch per transaction (each, once
+/// committed, drops the organization's cached dashboard); how many.
 async fn mark_in(
-    db: &Db,
+    state: &AppState,
     scope: &TenantScope,
     ctx: &AuditContext,
     cutoff: NaiveDate,
@@ -135,66 +134,60 @@ async fn mark_in(
 ) -> Result<u64, JobError> {
     let mut total = 0;
     loop {
-        let changed = db
-            .transaction(|tx| {
-                Box::pin(async move {
-                    let due: Vec<Shipment> = tx
-                        .fetch_all(
-                            &Query::select()
-                                .columns(COLUMNS)
-                                .from(TABLE)
-                                .cond_where(
-                                    store::visible(scope)
-                                        .add(Expr::col("shipping_bill_date").lt(cutoff))
-                                        .add(Expr::col("ebrc_status").is_in([
-                                            EbrcStatus::Pending.as_str(),
-                                            EbrcStatus::Filed.as_str(),
-                                        ]))
-                                        .add(Expr::col("status").is_not_in([
-                                            Status::Draft.as_str(),
-                                            Status::Cancelled.as_str(),
-                                        ])),
-                                )
-                                .order_by("shipping_bill_date", Order::Asc)
-                                .order_by("id", Order::Asc)
-                                .limit(BATCH)
-                                .to_owned(),
-                        )
-                        .await?;
-                    let mut changed = 0u64;
-                    for before in &due {
-                        let from = Tally::of(before)?;
-                        let to = Tally::new(from.status, EbrcStatus::Overdue);
-                        if !store::set_state(tx, scope, before, to, None).await? {
-                            continue;
-                        }
-                        let after = store::get(tx, scope, before.id).await?;
-                        audit::record(
-                            tx,
-                            scope,
-                            ctx,
-                            NewEvent::new(
-                                "trade.shipment.ebrc_changed",
-                                "trade.shipment",
-                                Some(before.id),
+        let changed = crate::dashboard::write(state, scope, |tx| {
+            Box::pin(async move {
+                let due: Vec<Shipment> = tx
+                    .fetch_all(
+                        &Query::select()
+                            .columns(COLUMNS)
+                            .from(TABLE)
+                            .cond_where(
+                                store::visible(scope)
+                                    .add(Expr::col("shipping_bill_date").lt(cutoff))
+                                    .add(Expr::col("ebrc_status").is_in([
+                                        EbrcStatus::Pending.as_str(),
+                                        EbrcStatus::Filed.as_str(),
+                                    ]))
+                                    .add(Expr::col("status").is_in(Status::exported())),
                             )
-                            .changes(Changes::diff(before, &after, &[]))
-                            .detail("reference", &after.reference)
-                            .detail(
-                                "reason",
-                                format!(
-                                    "no realisation within {days} days of the shipping bill date"
-                                ),
-                            ),
-                        )
-                        .await?;
-                        changed += 1;
+                            .order_by("shipping_bill_date", Order::Asc)
+                            .order_by("id", Order::Asc)
+                            .limit(BATCH)
+                            .to_owned(),
+                    )
+                    .await?;
+                let mut changed = 0u64;
+                for before in &due {
+                    let from = Tally::of(before)?;
+                    let to = Tally::new(from.status, EbrcStatus::Overdue);
+                    if !store::set_state(tx, scope, before, to, None).await? {
+                        continue;
                     }
-                    Ok::<_, keel_kernel::store::StoreError>((changed, due.len() as u64))
-                })
+                    let after = store::get(tx, scope, before.id).await?;
+                    audit::record(
+                        tx,
+                        scope,
+                        ctx,
+                        NewEvent::new(
+                            "trade.shipment.ebrc_changed",
+                            "trade.shipment",
+                            Some(before.id),
+                        )
+                        .changes(Changes::diff(before, &after, &[]))
+                        .detail("reference", &after.reference)
+                        .detail(
+                            "reason",
+                            format!("no realisation within {days} days of the shipping bill date"),
+                        ),
+                    )
+                    .await?;
+                    changed += 1;
+                }
+                Ok::<_, keel_kernel::store::StoreError>((changed, due.len() as u64))
             })
-            .await
-            .map_err(|e| JobError::Retry(e.into()))?;
+        })
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
         total += changed.0;
         // A short batch was the last; a batch where nothing could change (rows moving under
         // us) ends this run, and the next run picks them up.

@@ -1,6 +1,7 @@
-//! Connectors through HTTP: validation per field, CRUD for admins only, and the Account
-//! Aggregator webhook — each event's effect, signatures, stale timestamps, replayed event
-//! ids, unknown consents, and the audit trail.
+//! Connectors through HTTP: validation per field, CRUD for admins only, consent ids that
+//! clash without revealing another organization's, and the Account Aggregator webhook — each
+//! event's effect, signatures, stale timestamps, replayed event ids (checked first), unknown
+//! consents, ignored events, the 503 without a secret, and the audit trail.
 
 mod common;
 
@@ -103,7 +104,19 @@ async fn every_bad_field_is_named_and_admins_manage_connectors() {
     assert_eq!(c["data_ready_at"], Value::Null);
     let id = c["id"].as_str().expect("id").to_string();
 
-    // A consent id is unique across organizations.
+    // One connector per consent id. Inside the organization the clash is named...
+    let r = create(
+        &app,
+        &admin.access_token,
+        json!({"kind": "bank_aa", "iec_code": "ABCDE1234F", "consent_id": CONSENT}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let p = problem(r).await;
+    assert_eq!(fields_of(&p), ["consent_id"]);
+    assert_eq!(p["connector_id"], id.as_str());
+    // ...while another organization learns nothing about who holds it: the same 422 as for
+    // any id it cannot use, naming no organization, connector or holder.
     let other = app.register_org("conn@other.example", "Other").await;
     let r = create(
         &app,
@@ -111,8 +124,36 @@ async fn every_bad_field_is_named_and_admins_manage_connectors() {
         json!({"kind": "bank_aa", "iec_code": "ZZZZZ9999Z", "consent_id": CONSENT}),
     )
     .await;
-    assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert_eq!(fields_of(&problem(r).await), ["consent_id"]);
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p = problem(r).await;
+    assert_eq!(fields_of(&p), ["consent_id"]);
+    let text = p.to_string();
+    for secret in [id.as_str(), &admin.org_id.to_string(), "already", "another"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    // Its own connectors are untouched by the refusal, and an update is refused alike.
+    let theirs: Value = create(
+        &app,
+        &other.access_token,
+        json!({"kind": "bank_aa", "iec_code": "ZZZZZ9999Z"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let r = app
+        .call(
+            reqwest::Method::PUT,
+            &format!(
+                "/api/v1/trade/connectors/{}",
+                theirs["id"].as_str().expect("id")
+            ),
+            Some(&other.access_token),
+            Some(&json!({"kind": "bank_aa", "iec_code": "ZZZZZ9999Z", "consent_id": CONSENT})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!problem(r).await.to_string().contains(id.as_str()));
     // ...and another organization cannot see or touch this one.
     let path = format!("/api/v1/trade/connectors/{id}");
     assert_eq!(
@@ -210,7 +251,7 @@ async fn account_aggregator_events_move_the_connector_and_are_audited() {
     let now = Utc::now().timestamp();
     let event = |t: &str| json!({"type": t, "consent_id": CONSENT});
 
-    // data_ready before the consent is approved changes nothing.
+    // data_ready before the consent is approved changes nothing, but is audited as ignored.
     let r = post_aa_event(&app, AA_SECRET, "evt-0", now, &event("data_ready")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let receipt: Value = r.json().await.expect("json");
@@ -219,6 +260,13 @@ async fn account_aggregator_events_move_the_connector_and_are_audited() {
         connector(&app, &admin.access_token, &id).await["data_ready_at"],
         Value::Null
     );
+    let ignored = common::audit_events(&app, &admin, "trade.connector.event_ignored").await;
+    assert_eq!(ignored.len(), 1, "{ignored:?}");
+    let text = ignored[0].to_string();
+    for needle in ["evt-0", "\"ignored\"", "data_ready", "pending"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    assert_eq!(ignored[0]["resource_id"], id.as_str());
 
     let r = post_aa_event(&app, AA_SECRET, "evt-1", now, &event("consent_approved")).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -283,6 +331,25 @@ async fn account_aggregator_events_move_the_connector_and_are_audited() {
     let text = trail.to_string();
     assert!(text.contains("evt-1"), "{text}");
     assert!(text.contains("system"), "{text}");
+
+    // The event id is checked first: once the connector is gone, a repeat of an accepted
+    // event is still a duplicate, while a new event about its consent is unknown (404).
+    assert_eq!(
+        app.delete_as(
+            &format!("/api/v1/trade/connectors/{id}"),
+            &admin.access_token
+        )
+        .await
+        .status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = post_aa_event(&app, AA_SECRET, "evt-3", now, &event("consent_revoked")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let receipt: Value = r.json().await.expect("json");
+    assert_eq!(receipt["outcome"], "duplicate", "{receipt}");
+    assert_eq!(receipt["event_id"], "evt-3");
+    let r = post_aa_event(&app, AA_SECRET, "evt-5", now, &event("consent_revoked")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -369,7 +436,29 @@ async fn without_a_secret_the_webhook_is_unavailable() {
         &json!({"type": "consent_approved", "consent_id": CONSENT}),
     )
     .await;
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let p = problem(r).await;
+    assert_eq!(p["status"], 503);
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not configured")),
+        "{p}"
+    );
+    // As the API document says.
+    let doc: Value = app
+        .get("/api/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let responses = &doc["paths"]["/api/v1/trade/webhooks/account-aggregator"]["post"]["responses"];
+    assert!(
+        responses["503"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("not configured")),
+        "{responses}"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! Shipment exports: the same rows as the list for the same filters (all pages), CSV that
-//! parses with formulas neutralised, XLSX that opens, the job path above the threshold with
-//! its download, and no download for another organization.
+//! Shipment exports: the same rows in the same order as the list for the same filters and
+//! sort (all pages), CSV that parses with formulas neutralised, XLSX that opens, the job path
+//! above the threshold (202 with the job, whose result links the file) with its download,
+//! and no download for another organization.
 
 mod common;
 
@@ -161,6 +162,14 @@ async fn exports_have_the_rows_the_list_has_for_the_same_filters() {
         "q=inc",
         "ebrc_status=realized",
         "created_from=2000-01-01",
+        "created_to=2100-01-01",
+        "created_to=2000-01-01",
+        "created_from=2000-01-01&created_to=2100-01-01&destination_country=DE",
+        "sort=reference",
+        "sort=-reference",
+        "sort=created_at",
+        "sort=-created_at&status=draft",
+        "sort=reference&created_to=2100-01-01&q=inc",
     ] {
         let rows = export_csv(&app, &admin, query).await;
         assert_eq!(rows[0][0], "id");
@@ -193,16 +202,27 @@ async fn exports_have_the_rows_the_list_has_for_the_same_filters() {
     assert_eq!(first[11], "EUR");
     assert_eq!(first[15], "booked");
 
-    // Bad format and bad filters are named together.
+    // The order is the list's: sorted by reference, the file runs EXP-0 … EXP-6.
+    let by_reference: Vec<String> = export_csv(&app, &admin, "sort=reference").await[1..]
+        .iter()
+        .map(|r| r[1].clone())
+        .collect();
+    let expected: Vec<String> = (0..made.len()).map(|i| format!("EXP-{i}")).collect();
+    assert_eq!(by_reference, expected);
+
+    // Bad format, bad filters and a sort the list does not offer are named together.
     let r = app
         .get_as(
-            "/api/v1/trade/shipments/export?format=pdf&status=lost",
+            "/api/v1/trade/shipments/export?format=pdf&status=lost&sort=buyer_name",
             &admin.access_token,
         )
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let p = problem(r).await.to_string();
-    assert!(p.contains("format") && p.contains("status"), "{p}");
+    assert!(
+        p.contains("format") && p.contains("status") && p.contains("\"sort\""),
+        "{p}"
+    );
     // The API document names both file types the export answers with.
     let doc: Value = app
         .get("/api/openapi.json")
@@ -277,6 +297,26 @@ async fn wait_ready(app: &TestApp, who: &Session, export_url: &str) -> Value {
     }
 }
 
+async fn wait_job(app: &TestApp, who: &Session, job_url: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job: Value = app
+            .get_as(job_url, &who.access_token)
+            .await
+            .json()
+            .await
+            .expect("json");
+        if job["status"] == "succeeded" {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the export job succeeds: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn large_exports_run_as_a_job_and_only_the_organization_downloads_them() {
     let app = spawn_with_settings(json!({ "export_async_rows": 3 })).await;
@@ -296,23 +336,39 @@ async fn large_exports_run_as_a_job_and_only_the_organization_downloads_them() {
             )
             .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{format}");
+        // Async work as everywhere: the job in Location and {"job_id", "status": "queued"}.
+        let location = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
         let queued: Value = r.json().await.expect("json");
         assert_eq!(queued["status"], "queued");
+        let job_id = queued["job_id"].as_str().expect("job").to_string();
+        assert_eq!(location, format!("/api/v1/jobs/{job_id}"));
         let export_url = queued["export_url"].as_str().expect("url").to_string();
         let download = queued["download_url"].as_str().expect("url").to_string();
         let job: Value = app
-            .get_as(
-                &format!("/api/v1/jobs/{}", queued["job_id"].as_str().expect("job")),
-                &admin.access_token,
-            )
+            .get_as(&location, &admin.access_token)
             .await
             .json()
             .await
             .expect("json");
         assert_eq!(job["queue"], "export", "{job}");
 
+        // The job's result links the file once it succeeded.
+        let job = wait_job(&app, &admin, &location).await;
+        assert_eq!(job["result"]["download_url"], download.as_str(), "{job}");
+        assert_eq!(job["result"]["export_url"], export_url.as_str(), "{job}");
+        assert_eq!(job["result"]["rows"], made.len(), "{job}");
+
         let ready = wait_ready(&app, &admin, &export_url).await;
         assert_eq!(ready["row_count"], made.len());
+        // Its state moved on (queued with its job, then ready): so did its version.
+        assert!(ready["version"].as_i64().is_some_and(|v| v > 1), "{ready}");
+        assert!(
+            ready["updated_at"].as_str() >= ready["created_at"].as_str(),
+            "{ready}"
+        );
         assert_eq!(ready["download_url"], download.as_str());
 
         // Another organization sees neither the export nor its file.
@@ -343,6 +399,28 @@ async fn large_exports_run_as_a_job_and_only_the_organization_downloads_them() {
             assert!(all.iter().all(|id| text.contains(id)));
         }
     }
+
+    // The job keeps the list's sort too.
+    let r = app
+        .get_as(
+            "/api/v1/trade/shipments/export?sort=-reference",
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let queued: Value = r.json().await.expect("json");
+    wait_ready(&app, &admin, queued["export_url"].as_str().expect("url")).await;
+    let r = app
+        .get_as(
+            queued["download_url"].as_str().expect("url"),
+            &admin.access_token,
+        )
+        .await;
+    let rows = parse_csv(&r.text().await.expect("text"));
+    assert_eq!(
+        ids_of(&rows),
+        list_ids(&app, &admin, "sort=-reference").await
+    );
 }
 
 #[tokio::test]
@@ -378,7 +456,12 @@ async fn a_streamed_export_joins_its_batches_without_gaps_or_repeats() {
     }
     tx.commit().await.expect("commit");
 
-    for query in ["", "destination_country=US"] {
+    for query in [
+        "",
+        "destination_country=US",
+        "sort=reference",
+        "sort=-reference",
+    ] {
         let rows = export_csv(&app, &admin, query).await;
         let ids = ids_of(&rows);
         let mut unique = ids.clone();
@@ -405,7 +488,8 @@ async fn a_streamed_export_joins_its_batches_without_gaps_or_repeats() {
             }
         }
         assert_eq!(ids, listed, "parity for {query:?}");
-        assert_eq!(ids.len(), if query.is_empty() { 1_201 } else { 401 });
+        let expected = if query.contains("US") { 401 } else { 1_201 };
+        assert_eq!(ids.len(), expected, "{query}");
     }
 }
 

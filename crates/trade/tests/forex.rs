@@ -127,6 +127,8 @@ async fn rates_are_normalised_and_stored_exactly() {
     assert_eq!(r["sell"], "83.400001");
     assert_eq!(r["spread"], "0.300001");
     assert_eq!(r["alert"], Value::Null);
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["updated_at"], r["created_at"]);
     let at = chrono::DateTime::parse_from_rfc3339(r["effective_at"].as_str().expect("time"))
         .expect("rfc 3339");
     assert_eq!(at.to_rfc3339(), "2025-04-01T03:00:00+00:00");
@@ -180,6 +182,8 @@ async fn changes_above_three_percent_raise_alerts_for_admins() {
                 assert_eq!(b["alert"]["anomaly"], anomaly, "{currency}: {b}");
                 assert_eq!(b["alert"]["direction"], "up");
                 assert_eq!(b["alert"]["previous_rate_id"], a["id"]);
+                assert_eq!(b["alert"]["version"], 1);
+                assert!(b["alert"]["updated_at"].is_string(), "{b}");
             }
         }
     }
@@ -524,5 +528,166 @@ async fn the_api_document_names_permissions_and_limits() {
             o["x-rate-limit-policy"]
         );
         assert!(o["security"].to_string().contains(permission), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_answers_201_with_its_location_and_is_readable_in_its_organization_only() {
+    let app = spawn().await;
+    let admin = app.register_org("fx-one@acme.example", "Acme").await;
+    app.invite_and_register(&admin, "fx-one-member@acme.example", "member", None)
+        .await;
+    let member = app
+        .sign_in("fx-one-member@acme.example", keel_testkit::PASSWORD)
+        .await;
+    let other = app.register_org("fx-one@other.example", "Other").await;
+    let r = app
+        .post_as(
+            "/api/v1/trade/forex/rates",
+            &admin.access_token,
+            &json!({"currency": "USD", "rate": "83.25"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let created: Value = r.json().await.expect("json");
+    assert_eq!(
+        location,
+        format!(
+            "/api/v1/trade/forex/rates/{}",
+            created["id"].as_str().expect("id")
+        )
+    );
+    let read = get(&app, &member.access_token, &location).await;
+    assert_eq!(read["id"], created["id"]);
+    assert_eq!(read["rate"], "83.25");
+    assert_eq!(read["effective_at"], created["effective_at"]);
+    assert_eq!(read["version"], 1);
+    // Another organization gets what a missing rate gets.
+    let theirs = app.get_as(&location, &other.access_token).await;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    let missing = app
+        .get_as(
+            &format!("/api/v1/trade/forex/rates/{}", uuid::Uuid::now_v7()),
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        problem(theirs).await["type"],
+        problem(missing).await["type"]
+    );
+}
+
+#[tokio::test]
+async fn a_back_dated_rate_is_compared_with_the_rate_in_force_before_its_date() {
+    let app = spawn().await;
+    let admin = app.register_org("fx-back@acme.example", "Acme").await;
+    let january = create_rate(
+        &app,
+        &admin,
+        json!({"currency": "USD", "rate": "80", "effective_at": "2025-01-01"}),
+    )
+    .await;
+    create_rate(
+        &app,
+        &admin,
+        json!({"currency": "USD", "rate": "100", "effective_at": "2025-06-01"}),
+    )
+    .await;
+    // March: 82 against January's 80 (+2.5 %), not against June's 100.
+    let march = create_rate(
+        &app,
+        &admin,
+        json!({"currency": "USD", "rate": "82", "effective_at": "2025-03-01"}),
+    )
+    .await;
+    assert_eq!(march["alert"], Value::Null, "{march}");
+    // April: 90 against March's 82 (+9.7561 %).
+    let april = create_rate(
+        &app,
+        &admin,
+        json!({"currency": "USD", "rate": "90", "effective_at": "2025-04-01"}),
+    )
+    .await;
+    assert_eq!(april["alert"]["previous_rate_id"], march["id"], "{april}");
+    assert_eq!(april["alert"]["change_percent"], "9.7560");
+    assert_ne!(april["alert"]["previous_rate_id"], january["id"]);
+}
+
+/// Two rates of one currency recorded at once: each is compared with the rates committed
+/// before it, so the second is compared with the first, never both with the same previous
+/// rate (PostgreSQL runs the two transactions in parallel; the series row queues them).
+#[tokio::test]
+async fn rates_of_one_currency_recorded_at_once_are_compared_one_after_the_other() {
+    let app = common::builder()
+        .configure(|c| {
+            c.rate_limits.policies.insert(
+                "trade.forex.create".into(),
+                keel_kernel::limits::PolicyOverride {
+                    limit: Some(1_000),
+                    ..Default::default()
+                },
+            );
+        })
+        .spawn()
+        .await
+        .expect("server starts");
+    let admin = app.register_org("fx-race@acme.example", "Acme").await;
+    for currency in ["USD", "EUR", "GBP", "AED"] {
+        let base = create_rate(
+            &app,
+            &admin,
+            json!({"currency": currency, "rate": "100", "effective_at": "2025-01-01"}),
+        )
+        .await;
+        let (a, b) = tokio::join!(
+            create_rate(&app, &admin, json!({"currency": currency, "rate": "110"})),
+            create_rate(&app, &admin, json!({"currency": currency, "rate": "121"})),
+        );
+        // Both moved 10 % from what they were compared with, so both raised an alert.
+        let (first, second) = if a["effective_at"].as_str() < b["effective_at"].as_str()
+            || (a["effective_at"] == b["effective_at"] && a["id"].as_str() < b["id"].as_str())
+        {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(first["alert"]["previous_rate_id"], base["id"], "{first}");
+        assert_eq!(
+            second["alert"]["previous_rate_id"], first["id"],
+            "{currency}: the later rate is compared with the earlier one: {second}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn latest_allows_60_and_history_30_requests_a_minute_per_user() {
+    let app = spawn().await;
+    let admin = app.register_org("fx-reads@acme.example", "Acme").await;
+    app.invite_and_register(&admin, "fx-reads-member@acme.example", "member", None)
+        .await;
+    let member = app
+        .sign_in("fx-reads-member@acme.example", keel_testkit::PASSWORD)
+        .await;
+    for (path, policy, limit) in [
+        ("/api/v1/trade/forex/latest", "trade.forex.latest", 60),
+        ("/api/v1/trade/forex/history", "trade.forex.history", 30),
+    ] {
+        for i in 0..limit {
+            let r = app.get_as(path, &admin.access_token).await;
+            assert_eq!(r.status(), StatusCode::OK, "{path} #{i}");
+            assert_eq!(r.headers()["ratelimit-limit"], limit.to_string().as_str());
+        }
+        let r = app.get_as(path, &admin.access_token).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+        assert!(r.headers().contains_key("retry-after"));
+        assert!(problem(r).await.to_string().contains(policy));
+        // The allowance is per user: another user of the organization still reads.
+        let r = app.get_as(path, &member.access_token).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path} for another user");
     }
 }

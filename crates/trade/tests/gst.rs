@@ -1,6 +1,7 @@
 //! The GST monthly summary through HTTP: half-open months by shipping bill date, conversion
-//! at the rate in force on each date (rate times given with offsets count in UTC), the splits
-//! by export type and e-BRC, and shipments without a rate listed instead of failing.
+//! at the rate in force on each date (rate times given with offsets count in UTC), only
+//! shipments that went ahead (drafts and cancelled ones left out), the splits by export type
+//! and e-BRC, and shipments without a rate listed instead of failing.
 
 mod common;
 
@@ -53,9 +54,17 @@ async fn months_are_half_open_and_rates_apply_from_their_utc_day() {
         json!({"currency": "GBP", "rate": "100", "effective_at": "2025-03-31T23:30:00+05:30"}),
     )
     .await;
+    // Each shipment is booked: only shipments that went ahead are exports.
     let ship = |reference: &'static str, overrides: Value| {
         let (app, admin) = (&app, &admin);
-        async move { create_shipment(app, admin, reference, overrides).await }
+        async move {
+            let s = create_shipment(app, admin, reference, overrides).await;
+            assert_eq!(
+                act(app, admin, &id_of(&s), "book").await.status(),
+                StatusCode::OK
+            );
+            s
+        }
     };
     // March 31st, USD 100.00 with payment: 80 → ₹8,000.00.
     ship(
@@ -119,6 +128,15 @@ async fn months_are_half_open_and_rates_apply_from_their_utc_day() {
     .await;
     // A shipment with no shipping bill date is in no month.
     ship("I", json!({"currency": "USD"})).await;
+    // A draft dated in March is not an export (yet).
+    create_shipment(
+        &app,
+        &admin,
+        "J",
+        json!({"currency": "INR", "invoice_value_minor": 55_555,
+        "shipping_bill_date": "2025-03-10"}),
+    )
+    .await;
 
     let march = summary(&app, &admin.access_token, 2025, 3).await;
     assert_eq!(march["from"], "2025-03-01");
@@ -167,14 +185,6 @@ async fn months_are_half_open_and_rates_apply_from_their_utc_day() {
     // The e-BRC filing keeps a shipment pending (realised only by payments).
     let r = app
         .post_as(
-            &format!("/api/v1/trade/shipments/{}/book", id_of(&c)),
-            &admin.access_token,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = app
-        .post_as(
             &format!("/api/v1/trade/shipments/{}/ebrc", id_of(&c)),
             &admin.access_token,
             &json!({"status": "filed"}),
@@ -201,13 +211,17 @@ async fn december_ends_at_new_year() {
     )
     .await;
     for (reference, date) in [("DEC-31", "2025-12-31"), ("JAN-01", "2026-01-01")] {
-        create_shipment(
+        let s = create_shipment(
             &app,
             &admin,
             reference,
             json!({"invoice_value_minor": 1_001, "shipping_bill_date": date}),
         )
         .await;
+        assert_eq!(
+            act(&app, &admin, &id_of(&s), "book").await.status(),
+            StatusCode::OK
+        );
     }
     let december = summary(&app, &admin.access_token, 2025, 12).await;
     assert_eq!(december["to"], "2026-01-01");

@@ -157,6 +157,27 @@ async fn old_unrealised_shipments_become_overdue_once() {
     assert_eq!(events[0]["actor"]["id"], "trade.ebrc_overdue");
     assert!(events[0].to_string().contains("overdue"));
 
+    // The dashboard counts as overdue exactly what the job marked: its old draft and its
+    // cancelled shipment are in neither.
+    let d: Value = app
+        .get_as("/api/v1/trade/dashboard", &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(d["overdue_ebrc"]["count"], 2, "{d}");
+    let mut listed: Vec<&str> = d["overdue_ebrc"]["oldest"]
+        .as_array()
+        .expect("oldest")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    listed.sort_unstable();
+    let (p, f) = (id_of(&old_pending), id_of(&old_filed));
+    let mut marked = vec![p.as_str(), f.as_str()];
+    marked.sort_unstable();
+    assert_eq!(listed, marked);
+
     // A second run finds nothing more to do.
     let again = run_job(&app).await;
     assert_eq!(again.marked, 0);

@@ -1,4 +1,5 @@
-//! Payments through HTTP: validation naming every bad field, bank details encrypted at rest
+//! Payments through HTTP: validation naming every bad field, drafts and cancelled shipments
+//! refusing payments, bank details encrypted at rest
 //! and masked in lists, `Idempotency-Key` replays, e-BRC realisation exactly at the invoice
 //! value, and two concurrent payments realising a shipment once with the tallies right.
 
@@ -27,6 +28,17 @@ async fn json_of(r: reqwest::Response) -> Value {
     r.json().await.expect("json")
 }
 
+/// A booked shipment's id: payments are for shipments that went ahead.
+async fn booked(
+    app: &keel_testkit::TestApp,
+    who: &keel_testkit::Session,
+    reference: &str,
+) -> String {
+    let s = id_of(&create_shipment(app, who, reference, json!({})).await);
+    assert_eq!(act(app, who, &s, "book").await.status(), StatusCode::OK);
+    s
+}
+
 fn fields_of(p: &Value) -> Vec<String> {
     let mut f: Vec<String> = p["errors"]
         .as_array()
@@ -42,7 +54,7 @@ fn fields_of(p: &Value) -> Vec<String> {
 async fn every_bad_field_is_named_and_closed_or_foreign_shipments_refuse() {
     let app = spawn().await;
     let admin = app.register_org("pay-bad@acme.example", "Acme").await;
-    let s = id_of(&create_shipment(&app, &admin, "PAY-BAD-1", json!({})).await);
+    let s = booked(&app, &admin, "PAY-BAD-1").await;
     let future = (chrono::Utc::now() + chrono::Duration::days(3))
         .date_naive()
         .to_string();
@@ -107,13 +119,23 @@ async fn every_bad_field_is_named_and_closed_or_foreign_shipments_refuse() {
     .await;
     assert_eq!(shipment["realized_minor"], 0);
 
-    // A cancelled shipment takes no payments.
+    // A draft takes no payments (it is no export yet), nor does a cancelled shipment.
+    let draft = id_of(&create_shipment(&app, &admin, "PAY-DRAFT-1", json!({})).await);
+    let r = pay(&app, &admin, &draft, &payment_body(100, json!({}))).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(problem(r).await.to_string().contains("draft"));
     assert_eq!(
         act(&app, &admin, &s, "cancel").await.status(),
         StatusCode::OK
     );
     let r = pay(&app, &admin, &s, &payment_body(100, json!({}))).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
+    let list = json_of(
+        app.get_as("/api/v1/trade/payments", &admin.access_token)
+            .await,
+    )
+    .await;
+    assert_eq!(list["pagination"]["total"], 0, "neither was recorded");
 
     // Another organization's shipment does not exist for this one.
     let other = app.register_org("pay-other@globex.example", "Globex").await;
@@ -133,12 +155,15 @@ async fn every_bad_field_is_named_and_closed_or_foreign_shipments_refuse() {
 async fn bank_details_are_encrypted_at_rest_and_masked_in_lists() {
     let app = spawn().await;
     let admin = app.register_org("pay-enc@acme.example", "Acme").await;
-    let s = id_of(&create_shipment(&app, &admin, "PAY-ENC-1", json!({})).await);
+    let s = booked(&app, &admin, "PAY-ENC-1").await;
     let r = pay(&app, &admin, &s, &payment_body(400_000, json!({}))).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let created = json_of(r).await;
     assert_eq!(created["account_number"], "50100234567890");
     assert_eq!(created["bank_reference"], "HDFCR52025032012345");
+    // A single resource like any other: id, created_at, updated_at, version.
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["updated_at"], created["created_at"]);
     let id = id_of(&created);
 
     // The columns hold ciphertext only.
@@ -226,7 +251,7 @@ async fn bank_details_are_encrypted_at_rest_and_masked_in_lists() {
 async fn an_idempotency_key_replays_the_first_payment_and_refuses_another_body() {
     let app = spawn().await;
     let admin = app.register_org("pay-idem@acme.example", "Acme").await;
-    let s = id_of(&create_shipment(&app, &admin, "PAY-IDEM-1", json!({})).await);
+    let s = booked(&app, &admin, "PAY-IDEM-1").await;
     let send = |body: Value| {
         let url = app.url(&format!("/api/v1/trade/shipments/{s}/payments"));
         let token = admin.access_token.clone();
@@ -271,7 +296,7 @@ async fn the_ebrc_is_realized_exactly_at_the_invoice_value() {
     let app = spawn().await;
     let admin = app.register_org("pay-real@acme.example", "Acme").await;
     // Invoice 12,500.00 EUR.
-    let s = id_of(&create_shipment(&app, &admin, "PAY-REAL-1", json!({})).await);
+    let s = booked(&app, &admin, "PAY-REAL-1").await;
     let r = pay(&app, &admin, &s, &payment_body(1_000_000, json!({}))).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     // One minor unit short of the invoice value.
@@ -335,8 +360,7 @@ async fn two_concurrent_payments_realize_the_shipment_once() {
     let app = spawn().await;
     let admin = app.register_org("pay-race@acme.example", "Acme").await;
     for round in 0..3 {
-        let s =
-            id_of(&create_shipment(&app, &admin, &format!("PAY-RACE-{round}"), json!({})).await);
+        let s = booked(&app, &admin, &format!("PAY-RACE-{round}")).await;
         let (first, second) = (
             payment_body(600_000, json!({})),
             payment_body(650_000, json!({})),
@@ -395,4 +419,78 @@ async fn two_concurrent_payments_realize_the_shipment_once() {
     )
     .await;
     assert_eq!(all["pagination"]["total"], 3);
+}
+
+/// Every list the API offers (trade and kernel alike: payments, shipments, audit events,
+/// notifications, jobs, …) is read after payments were recorded: none shows a bank reference
+/// or an account number in clear. Only the payment itself does.
+#[tokio::test]
+async fn bank_details_never_appear_in_clear_in_any_list() {
+    let app = spawn().await;
+    let admin = app.register_org("pay-lists@acme.example", "Acme").await;
+    let s = booked(&app, &admin, "PAY-LISTS-1").await;
+    let (reference, account) = ("ICICR7702503XYZ88421", "DE44500105175407324931");
+    for amount in [400_000, 850_000] {
+        let r = pay(
+            &app,
+            &admin,
+            &s,
+            &payment_body(
+                amount,
+                json!({"bank_reference": reference, "account_number": account}),
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let doc: Value = app
+        .get("/api/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut lists = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        // Realtime reads are streams and long polls, not lists.
+        if item.get("get").is_none() || path.contains("/realtime/") {
+            continue;
+        }
+        let concrete = if path.starts_with("/api/v1/trade/shipments/{id}/") {
+            path.replace("{id}", &s)
+        } else if path.contains('{') {
+            continue;
+        } else {
+            path.clone()
+        };
+        let r = app.get_as(&concrete, &admin.access_token).await;
+        if r.status() != StatusCode::OK {
+            continue;
+        }
+        let Ok(body) = r.json::<Value>().await else {
+            continue; // a file (the export), not a list
+        };
+        if body.get("pagination").is_none() {
+            continue;
+        }
+        let text = body.to_string();
+        assert!(!text.contains(reference), "{concrete}: {text}");
+        assert!(!text.contains(account), "{concrete}: {text}");
+        lists.push(concrete);
+    }
+    for expected in [
+        "/api/v1/trade/payments".to_string(),
+        format!("/api/v1/trade/shipments/{s}/payments"),
+        "/api/v1/trade/shipments".to_string(),
+        "/api/v1/audit/events".to_string(),
+    ] {
+        assert!(lists.contains(&expected), "{expected} read among {lists:?}");
+    }
+    // The payment lists did show the payments, masked.
+    let list = json_of(
+        app.get_as("/api/v1/trade/payments", &admin.access_token)
+            .await,
+    )
+    .await;
+    assert_eq!(list["pagination"]["total"], 2);
+    assert_eq!(list["data"][0]["account_number"], "******************4931");
 }

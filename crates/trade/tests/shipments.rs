@@ -24,6 +24,9 @@ async fn every_bad_field_is_named_and_nothing_is_stored() {
             "currency": "EURO",
             "shipping_bill_date": "2025-02-30",
             "export_type": "free",
+            "port_of_loading": "Nhava Sheva",
+            "port_of_discharge": "XXHAM",
+            "shipping_bill_number": "SB/2025/1",
         }),
     );
     let r = app
@@ -49,10 +52,26 @@ async fn every_bad_field_is_named_and_nothing_is_stored() {
             "hs_codes[2]",
             "incoterm",
             "invoice_value_minor",
+            "port_of_discharge",
+            "port_of_loading",
             "reference",
             "shipping_bill_date",
+            "shipping_bill_number",
         ]
     );
+    // More than 20 HS codes, each valid.
+    let many: Vec<String> = (0..21).map(|i| format!("8504{i:02}")).collect();
+    let r = app
+        .post_as(
+            "/api/v1/trade/shipments",
+            &admin.access_token,
+            &shipment_body("OK-0", json!({"hs_codes": many})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p = problem(r).await;
+    assert_eq!(p["errors"][0]["field"], "hs_codes", "{p}");
+    assert!(p.to_string().contains("at most 20"), "{p}");
     // A wrong type is named too.
     let r = app
         .post_as(
@@ -63,14 +82,35 @@ async fn every_bad_field_is_named_and_nothing_is_stored() {
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(problem(r).await.to_string().contains("invoice_value_minor"));
-    // No buyer at all.
+    // No buyer at all: without a business partner, name and country are both required.
     let mut no_buyer = shipment_body("OK-2", json!({}));
-    no_buyer.as_object_mut().map(|o| o.remove("buyer_name"));
+    if let Some(o) = no_buyer.as_object_mut() {
+        o.remove("buyer_name");
+        o.remove("buyer_country");
+    }
     let r = app
         .post_as("/api/v1/trade/shipments", &admin.access_token, &no_buyer)
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(problem(r).await.to_string().contains("buyer_name"));
+    let p = problem(r).await;
+    let mut named: Vec<&str> = p["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    named.sort_unstable();
+    assert_eq!(named, ["buyer_country", "buyer_name"], "{p}");
+    // A name without a country is not enough either.
+    let r = app
+        .post_as(
+            "/api/v1/trade/shipments",
+            &admin.access_token,
+            &shipment_body("OK-3", json!({"buyer_country": null})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem(r).await["errors"][0]["field"], "buyer_country");
 
     let list: Value = app
         .get_as("/api/v1/trade/shipments", &admin.access_token)
@@ -118,16 +158,29 @@ async fn input_is_normalised_and_references_are_unique_per_organization() {
     let other = app.register_org("norm@other.example", "Other").await;
     create_shipment(&app, &other, "EXP-2025-001", json!({})).await;
 
-    // A linked buyer partner supplies the name; another organization's partner is refused.
+    // A linked buyer partner is the buyer: its name is used (a name given beside it is
+    // not), and no country is required; another organization's partner is refused.
     let partner = app.create_partner(&admin, "Rotterdam Foods BV").await;
     let linked = create_shipment(
         &app,
         &admin,
         "EXP-2025-002",
-        json!({"buyer_partner_id": partner, "buyer_name": null}),
+        json!({"buyer_partner_id": partner, "buyer_name": "Someone Else", "buyer_country": null}),
     )
     .await;
     assert_eq!(linked["buyer_name"], "Rotterdam Foods BV");
+    assert_eq!(linked["buyer_partner_id"], json!(partner));
+    assert_eq!(linked["buyer_country"], Value::Null);
+    // Ports are UN/LOCODEs, normalised to upper case (the printed space dropped).
+    let ported = create_shipment(
+        &app,
+        &admin,
+        "EXP-2025-004",
+        json!({"port_of_loading": "in nsa", "port_of_discharge": "nlrtm"}),
+    )
+    .await;
+    assert_eq!(ported["port_of_loading"], "INNSA");
+    assert_eq!(ported["port_of_discharge"], "NLRTM");
     let foreign = app.create_partner(&other, "Foreign Partner").await;
     let r = app
         .post_as(
@@ -221,6 +274,114 @@ async fn the_lifecycle_moves_only_forward_and_409_names_the_allowed_moves() {
     let text = trail.to_string();
     assert!(text.contains("trade.shipment.status_changed"), "{text}");
     assert!(text.contains("buyer withdrew"), "{text}");
+}
+
+#[tokio::test]
+async fn the_transitions_route_moves_as_the_actions_do_and_names_what_is_allowed() {
+    let app = spawn().await;
+    let admin = app.register_org("moves@acme.example", "Acme").await;
+    let s = create_shipment(&app, &admin, "MOVE-1", json!({})).await;
+    let id = id_of(&s);
+    let path = format!("/api/v1/trade/shipments/{id}/transitions");
+    let to = |body: Value| {
+        let (app, token, path) = (&app, admin.access_token.clone(), path.clone());
+        async move { app.post_as(&path, &token, &body).await }
+    };
+
+    // A move the lifecycle does not allow: 409 with where it is and where it may go.
+    let r = to(json!({"to": "delivered"})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let p = problem(r).await;
+    assert_eq!(p["current_status"], "draft");
+    assert_eq!(p["allowed"], json!(["booked", "cancelled"]));
+    // Back to draft is a status, but never a move.
+    let r = to(json!({"to": "draft"})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // Not a status at all, or a reason too long: 422 naming the field, nothing changes.
+    let r = to(json!({"to": "shipped"})).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p = problem(r).await;
+    assert_eq!(p["errors"][0]["field"], "to", "{p}");
+    assert!(p.to_string().contains("in_transit"), "{p}");
+    let r = to(json!({"to": "booked", "reason": "x".repeat(501)})).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem(r).await["errors"][0]["field"], "reason");
+    let r = to(json!({"status": "booked"})).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "`to` is required"
+    );
+    let unchanged: Value = app
+        .get_as(
+            &format!("/api/v1/trade/shipments/{id}"),
+            &admin.access_token,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(unchanged["status"], "draft");
+    assert_eq!(unchanged["version"], 1);
+
+    // A stale version is refused; the current one moves it, with the reason audited.
+    let r = to(json!({"to": "booked", "version": 5})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = to(json!({"to": "booked", "version": 1, "reason": "buyer confirmed"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let booked: Value = r.json().await.expect("json");
+    assert_eq!(booked["status"], "booked");
+    assert_eq!(booked["version"], 2);
+    for (target, status) in [("in_transit", "in_transit"), ("delivered", "delivered")] {
+        let r = to(json!({"to": target})).await;
+        assert_eq!(r.status(), StatusCode::OK, "{target}");
+        assert_eq!(r.json::<Value>().await.expect("json")["status"], status);
+    }
+    let r = to(json!({"to": "cancelled"})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(problem(r).await["allowed"], json!([]));
+    let actions = common::audit_actions(&app, &admin, "trade.shipment", &id).await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "trade.shipment.status_changed")
+            .count(),
+        3,
+        "{actions:?}"
+    );
+    let events = common::audit_events(&app, &admin, "trade.shipment.status_changed").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.to_string().contains("buyer confirmed")),
+        "the reason is audited"
+    );
+
+    // The per-action routes and /transitions are the same move.
+    let other = id_of(&create_shipment(&app, &admin, "MOVE-2", json!({})).await);
+    assert_eq!(
+        act(&app, &admin, &other, "book").await.status(),
+        StatusCode::OK
+    );
+    let r = app
+        .post_as(
+            &format!("/api/v1/trade/shipments/{other}/transitions"),
+            &admin.access_token,
+            &json!({"to": "booked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(problem(r).await["current_status"], "booked");
+    let counts: Value = app
+        .get_as("/api/v1/trade/shipments?status=booked", &admin.access_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        counts["pagination"]["total"], 1,
+        "the tallies moved with it"
+    );
 }
 
 #[tokio::test]

@@ -24,8 +24,10 @@
 //! - **By field name** (case-insensitive, by segment: `password`, `new_password`,
 //!   `refreshToken`, `x-api-key` — as JSON keys at any depth, as `key=value` or `key: value`
 //!   in text): passwords, secrets, tokens, API keys, authorization, cookies, OTP/TOTP, card,
-//!   email, phone, address, bank account, PAN, Aadhaar, GSTIN, IBAN, and the operator's
-//!   `log.redaction.extra_fields`. See `fields.rs` for the full list.
+//!   email, phone, address, bank account, PAN, Aadhaar, GSTIN, IBAN, the operator's
+//!   `log.redaction.extra_fields`, and the names modules declare
+//!   ([`Module::log_redacted_fields`](crate::module::Module::log_redacted_fields), e.g. the
+//!   trade app's `bank_reference`). See `fields.rs` for the full list.
 //! - **By value, anywhere**: card numbers (13–19 digits, grouped or not, Luhn-checked),
 //!   Aadhaar (12 digits, Verhoeff-checked), PAN, GSTIN (checksum-validated), IBAN
 //!   (mod 97), emails, phone numbers (E.164, Indian mobiles), JWTs, `Bearer` credentials,
@@ -97,6 +99,12 @@ pub struct RedactionConfig {
     /// (`KEEL_LOG__REDACTION__HASH_IDENTIFIERS`). Needs `encryption_key`; without one, masks
     /// are used.
     pub hash_identifiers: bool,
+    /// Field names the enabled modules declare sensitive
+    /// ([`Module::log_redacted_fields`](crate::module::Module::log_redacted_fields)), masked
+    /// like `extra_fields`. Not configuration: the binary fills it from its modules before
+    /// logging starts ([`crate::module::log_redacted_fields`]).
+    #[serde(skip)]
+    pub module_fields: Vec<String>,
 }
 
 impl Default for RedactionConfig {
@@ -105,6 +113,7 @@ impl Default for RedactionConfig {
             enabled: true,
             extra_fields: Vec::new(),
             hash_identifiers: false,
+            module_fields: Vec::new(),
         }
     }
 }
@@ -114,6 +123,8 @@ impl Default for RedactionConfig {
 pub enum RedactError {
     #[error("log.redaction.extra_fields: `{0}` must be 1 to 64 letters, digits, `_`, `-` or `.`")]
     BadFieldName(String),
+    #[error("a module's log-redacted field `{0}` must be 1 to 64 letters, digits, `_`, `-` or `.`")]
+    BadModuleField(String),
     #[error("log redaction patterns could not be compiled: {0}")]
     Pattern(#[from] Box<regex_automata::meta::BuildError>),
 }
@@ -148,18 +159,27 @@ impl Redactor {
     /// [`hash_key_from_encryption_key`] of the process's encryption key (the app does), or
     /// `None`, in which case identifiers are masked even if `hash_identifiers` is set.
     pub fn new(config: &RedactionConfig, hash_key: Option<[u8; 32]>) -> Result<Self, RedactError> {
-        for name in &config.extra_fields {
-            let ok = !name.is_empty()
+        let well_formed = |name: &str| {
+            !name.is_empty()
                 && name.len() <= 64
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                && name.bytes().any(|b| b.is_ascii_alphanumeric());
-            if !ok {
-                return Err(RedactError::BadFieldName(name.clone()));
-            }
+                && name.bytes().any(|b| b.is_ascii_alphanumeric())
+        };
+        if let Some(name) = config.extra_fields.iter().find(|n| !well_formed(n)) {
+            return Err(RedactError::BadFieldName(name.clone()));
         }
-        let fields = FieldRules::new(&config.extra_fields);
+        if let Some(name) = config.module_fields.iter().find(|n| !well_formed(n)) {
+            return Err(RedactError::BadModuleField(name.clone()));
+        }
+        let extra: Vec<String> = config
+            .extra_fields
+            .iter()
+            .chain(&config.module_fields)
+            .cloned()
+            .collect();
+        let fields = FieldRules::new(&extra);
         let scanner = Scanner::new(&fields)?;
         Ok(Self {
             engine: Arc::new(Engine {

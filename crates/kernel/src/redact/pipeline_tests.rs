@@ -488,6 +488,28 @@ fn extra_fields_from_configuration_are_redacted() {
 }
 
 #[test]
+fn fields_modules_declare_are_redacted_and_bad_names_refused() {
+    for format in FORMATS {
+        let redaction = RedactionConfig {
+            module_fields: vec!["bank_reference".into()],
+            ..RedactionConfig::default()
+        };
+        let out = capture(&config(format, redaction), false, || {
+            tracing::info!(bank_reference = "HDFCR52025032012345", "payment");
+        });
+        assert_gone(&out, format, &["HDFCR52025032012345"]);
+    }
+    let bad = RedactionConfig {
+        module_fields: vec!["no spaces".into()],
+        ..RedactionConfig::default()
+    };
+    assert!(matches!(
+        crate::redact::Redactor::new(&bad, None),
+        Err(crate::redact::RedactError::BadModuleField(_))
+    ));
+}
+
+#[test]
 fn coloured_development_lines_are_redacted() {
     let out = capture(
         &config(LogFormat::Pretty, RedactionConfig::default()),

@@ -12,7 +12,8 @@ use keel_kernel::http::pagination::{PageParams, Paged};
 use keel_kernel::http::{ApiError, ApiResult, FieldError, Json, Path, Query};
 use keel_kernel::module::ModuleRouter;
 use keel_kernel::state::AppState;
-use keel_kernel::store::StoreError;
+use keel_kernel::store::{StoreError, Tx};
+use keel_kernel::tenancy::TenantScope;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -44,8 +45,10 @@ pub struct ConnectorInput {
     /// The Importer-Exporter Code: 10 characters in PAN form (5 letters, 4 digits, 1 letter),
     /// case-insensitive.
     pub iec_code: String,
-    /// The Account Aggregator consent id (`bank_aa` only): 8–128 letters, digits or `-_.:`,
-    /// unique across Keel. Changing it puts the connector back to `pending`.
+    /// The Account Aggregator consent id (`bank_aa` only): 8–128 letters, digits or `-_.:`.
+    /// One connector per consent: another connector of the organization with it answers 409;
+    /// an id that cannot be used (held elsewhere) answers 422 without saying more. Changing
+    /// it puts the connector back to `pending`.
     pub consent_id: Option<String>,
     /// The version you read (or send `If-Match`); a stale one answers 409.
     pub version: Option<i64>,
@@ -98,10 +101,44 @@ impl ConnectorInput {
     }
 }
 
+/// A consent id held outside the caller's organization: refused without saying so (see
+/// [`super::store`] for why consent ids are unique across organizations).
+fn consent_unusable() -> ApiError {
+    ApiError::validation(vec![FieldError::new(
+        "consent_id",
+        "cannot be used; check it with the Account Aggregator",
+    )])
+}
+
+/// Refuses a consent id another connector holds: 409 naming the connector when it is one of
+/// the organization's own, the same 422 as for any unusable id otherwise. `current`: the
+/// connector being changed (keeping its own consent id is fine).
+async fn check_consent(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    fields: &Fields,
+    current: Option<Uuid>,
+) -> Result<(), ApiError> {
+    let Some(consent_id) = &fields.consent_id else {
+        return Ok(());
+    };
+    match store::consent_holder(tx, consent_id).await? {
+        Some((_, id)) if Some(id) == current => Ok(()),
+        Some((org, id)) if org == scope.org_id() => Err(ApiError::conflict(
+            "another connector of this organization has this consent id",
+        )
+        .with_errors(vec![FieldError::new("consent_id", "is already used")])
+        .with_extra("connector_id", id.to_string())),
+        Some(_) => Err(consent_unusable()),
+        None => Ok(()),
+    }
+}
+
+/// A unique-index conflict on write: a consent id taken by a concurrent write, whose holder
+/// is not looked up again.
 fn consent_taken(e: StoreError) -> ApiError {
     match e {
-        StoreError::Conflict { .. } => ApiError::conflict("this consent id is already in use")
-            .with_errors(vec![FieldError::new("consent_id", "is already used")]),
+        StoreError::Conflict { .. } => consent_unusable(),
         other => other.into(),
     }
 }
@@ -125,8 +162,8 @@ pub async fn list_connectors(
 #[utoipa::path(post, path = "/api/v1/trade/connectors", tag = "trade",
     security(("bearer" = ["trade.connectors.manage"])),
     request_body = ConnectorInput,
-    responses((status = 201, body = Connector), (status = 409, description = "Consent id already used"),
-        (status = 422, description = "Invalid fields")))]
+    responses((status = 201, body = Connector), (status = 409, description = "Another connector of the organization has this consent id"),
+        (status = 422, description = "Invalid fields, or a consent id that cannot be used")))]
 pub async fn create_connector(
     State(state): State<AppState>,
     auth: Authorized<ConnectorsManage>,
@@ -135,25 +172,24 @@ pub async fn create_connector(
 ) -> ApiResult<Response> {
     let fields = body.fields()?;
     let (scope, ctx, fields) = (&auth.scope(), &ctx, &fields);
-    let connector = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let c = store::insert(tx, scope, fields)
-                    .await
-                    .map_err(consent_taken)?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.connector.created", "trade.connector", Some(c.id))
-                        .changes(Changes::created(&c, &[])),
-                )
-                .await?;
-                Ok::<_, ApiError>(c)
-            })
+    let connector = crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            check_consent(tx, scope, fields, None).await?;
+            let c = store::insert(tx, scope, fields)
+                .await
+                .map_err(consent_taken)?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.connector.created", "trade.connector", Some(c.id))
+                    .changes(Changes::created(&c, &[])),
+            )
+            .await?;
+            Ok::<_, ApiError>(c)
         })
-        .await?;
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         [(
@@ -186,8 +222,8 @@ pub async fn get_connector(
     params(("id" = Uuid, Path)),
     request_body = ConnectorInput,
     responses((status = 200, body = Connector), (status = 404, description = "No such connector"),
-        (status = 409, description = "Stale version or consent id already used"),
-        (status = 412, description = "Stale If-Match"), (status = 422, description = "Invalid fields")))]
+        (status = 409, description = "Stale version, or another connector of the organization has this consent id"),
+        (status = 412, description = "Stale If-Match"), (status = 422, description = "Invalid fields, or a consent id that cannot be used")))]
 pub async fn update_connector(
     State(state): State<AppState>,
     auth: Authorized<ConnectorsManage>,
@@ -199,38 +235,37 @@ pub async fn update_connector(
     let expected = expected_version(&headers, body.version)?;
     let fields = body.fields()?;
     let (scope, ctx, fields, expected) = (&auth.scope(), &ctx, &fields, &expected);
-    let connector = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if let Some(v) = version_of(*expected)
-                    && v != before.version
-                {
-                    return Err(stale_for(*expected));
-                }
-                if !store::update(tx, scope, &before, fields)
-                    .await
-                    .map_err(consent_taken)?
-                {
-                    return Err(stale_for(*expected));
-                }
-                let after = store::get(tx, scope, id).await?;
-                let diff = Changes::diff(&before, &after, &[]);
-                if !diff.is_empty() {
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.connector.updated", "trade.connector", Some(id))
-                            .changes(diff),
-                    )
-                    .await?;
-                }
-                Ok(after)
-            })
+    let connector = crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if let Some(v) = version_of(*expected)
+                && v != before.version
+            {
+                return Err(stale_for(*expected));
+            }
+            check_consent(tx, scope, fields, Some(before.id)).await?;
+            if !store::update(tx, scope, &before, fields)
+                .await
+                .map_err(consent_taken)?
+            {
+                return Err(stale_for(*expected));
+            }
+            let after = store::get(tx, scope, id).await?;
+            let diff = Changes::diff(&before, &after, &[]);
+            if !diff.is_empty() {
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("trade.connector.updated", "trade.connector", Some(id))
+                        .changes(diff),
+                )
+                .await?;
+            }
+            Ok(after)
         })
-        .await?;
+    })
+    .await?;
     Ok(Json(connector))
 }
 
@@ -246,25 +281,23 @@ pub async fn delete_connector(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
-    state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if !store::delete(tx, scope, id).await? {
-                    return Err(ApiError::from(StoreError::NotFound));
-                }
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.connector.deleted", "trade.connector", Some(id))
-                        .changes(Changes::deleted(&before, &[])),
-                )
-                .await?;
-                Ok::<_, ApiError>(())
-            })
+    crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if !store::delete(tx, scope, id).await? {
+                return Err(ApiError::from(StoreError::NotFound));
+            }
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.connector.deleted", "trade.connector", Some(id))
+                    .changes(Changes::deleted(&before, &[])),
+            )
+            .await?;
+            Ok::<_, ApiError>(())
         })
-        .await?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,17 @@
-//! `trade_connectors` queries. Every one takes the tenant scope except
-//! [`org_of_consent`], the Account Aggregator webhook's way to find whose consent an event is
-//! about (the signature was verified first; the organization then comes from the row).
+//! `trade_connectors` queries. Every one takes the tenant scope except [`org_of_consent`],
+//! the Account Aggregator webhook's way to find whose consent an event is about (the
+//! signature was verified first; the organization then comes from the row), and
+//! [`consent_holder`], which tells a create or an update whether a consent id is free.
+//!
+//! Why consent ids stay unique across organizations: the Account Aggregator's events carry
+//! the consent id and nothing else that says whose it is — no organization, no connector id
+//! (ours are unknown to it) — and one secret signs the events of every organization. An id
+//! held in two organizations would make an event ambiguous, so the unique index stays global
+//! (the one index that does not lead with the organization). What that costs is hidden: an
+//! id held by another organization is refused with the same 422 whoever holds it, without
+//! saying that it is held, by whom, or by which connector; only a clash inside the caller's
+//! own organization is a 409 naming its own connector. Consent ids are handles the Account
+//! Aggregator issues (UUIDs), so one organization cannot guess another's.
 
 use chrono::{DateTime, Utc};
 use keel_kernel::http::pagination::PageRequest;
@@ -23,7 +34,7 @@ pub struct Connector {
     pub kind: String,
     /// The organization's Importer-Exporter Code (its PAN: 5 letters, 4 digits, 1 letter).
     pub iec_code: String,
-    /// The Account Aggregator consent id (`bank_aa` only); unique across Keel.
+    /// The Account Aggregator consent id (`bank_aa` only); one connector per consent.
     pub consent_id: Option<String>,
     /// `pending`, `active`, `rejected` or `revoked`.
     pub status: String,
@@ -213,6 +224,29 @@ pub async fn org_of_consent(db: &Db, consent_id: &str) -> Result<Option<Uuid>, S
         )
         .await?;
     Ok(row.map(|r| r.org_id))
+}
+
+/// Who holds `consent_id`, if anyone: (organization, connector). Only compared with the
+/// caller's own organization; never shown.
+pub async fn consent_holder(
+    tx: &mut Tx,
+    consent_id: &str,
+) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Holder {
+        org_id: Uuid,
+        id: Uuid,
+    }
+    let row: Option<Holder> = tx
+        .fetch_optional(
+            &Query::select()
+                .columns(["org_id", "id"])
+                .from(TABLE)
+                .and_where(Expr::col("consent_id").eq(consent_id))
+                .to_owned(),
+        )
+        .await?;
+    Ok(row.map(|h| (h.org_id, h.id)))
 }
 
 /// The scope's connector with `consent_id`.

@@ -1,13 +1,17 @@
 //! `POST /api/v1/trade/webhooks/account-aggregator`: consent and data events from the
 //! Account Aggregator, signed the Standard Webhooks way with a secret from
-//! `[modules.trade] aa_webhook_secrets`.
+//! `[modules.trade] aa_webhook_secrets` (none configured: 503, "not configured").
 //!
 //! Order of checks: signature and timestamp (401; nothing else is said to an unsigned
-//! caller), then the body (422), then the consent id (404 like any missing resource). The
-//! organization is the one whose connector holds the consent; the event is then applied in
-//! that organization as a system actor, and its id (`webhook-id`) is recorded in the same
-//! transaction through the kernel's `webhooks::accept`: a repeated event id is acknowledged
-//! (200, `"outcome": "duplicate"`) and changes nothing.
+//! caller), then the event id — one already accepted is acknowledged as `duplicate` (200)
+//! before anything else is read, even if its consent has been removed since — then the body
+//! (422), then the consent id (404 like any missing resource). The organization is the one
+//! whose connector holds the consent (consent ids are unique across organizations, see
+//! [`super::store`]); the event is then applied in that organization as a system actor, and
+//! its id (`webhook-id`) is recorded in the same transaction through the kernel's
+//! `webhooks::accept`, which also refuses a repeat racing the first delivery. An event that
+//! does not apply to the connector as it is (`data_ready` for a connector that is not active)
+//! is acknowledged as `ignored` and audited as `trade.connector.event_ignored`.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -106,7 +110,7 @@ enum Outcome {
         (status = 401, description = "Bad signature or a timestamp outside the window"),
         (status = 404, description = "No connector has this consent"),
         (status = 422, description = "Unknown event type or invalid consent id"),
-        (status = 503, description = "A dependency is unavailable")))]
+        (status = 503, description = "The webhook is not configured on this installation (no `aa_webhook_secrets`), or a dependency is unavailable")))]
 pub async fn account_aggregator(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,20 +118,26 @@ pub async fn account_aggregator(
 ) -> ApiResult<Json<AaReceipt>> {
     let secrets = TradeSettings::of(&state).aa_webhook_secrets;
     if secrets.is_empty() {
-        // Not configured: the endpoint does not exist on this installation.
-        return Err(ApiError::not_found().detail(
-            "the Account Aggregator webhook is not configured ([modules.trade] aa_webhook_secrets)",
+        return Err(ApiError::service_unavailable(
+            "the Account Aggregator webhook is not configured on this installation ([modules.trade] aa_webhook_secrets)",
         ));
     }
     let verifier = WebhookVerifier::from_config(&state, &secrets);
     let verified = verifier.verify(&headers, &body, Utc::now())?;
+    if webhooks::already_accepted(&state.db, SOURCE, &verified).await? {
+        return Ok(Json(AaReceipt {
+            event_id: verified.id,
+            outcome: "duplicate".into(),
+            status: None,
+        }));
+    }
     let event = parse(&body)?;
     let Some(org_id) = store::org_of_consent(&state.db, &event.consent_id).await? else {
         return Err(ApiError::not_found());
     };
     let ctx = AuditContext::system("trade.account_aggregator");
     let (verifier, headers, body, event, ctx) = (&verifier, &headers, &body, &event, &ctx);
-    let outcome = state
+    let (outcome, scope) = state
         .db
         .transaction(|tx| {
             Box::pin(async move {
@@ -136,7 +146,7 @@ pub async fn account_aggregator(
                     {
                         Ok((_, Some(scope))) => scope,
                         Ok((_, None)) => return Err(ApiError::not_found()),
-                        Err(WebhookError::Replayed) => return Ok(Outcome::Duplicate),
+                        Err(WebhookError::Replayed) => return Ok((Outcome::Duplicate, None)),
                         Err(e) => return Err(e.into()),
                     };
                 // The consent may have moved meanwhile; it is looked up again in the scope.
@@ -148,7 +158,25 @@ pub async fn account_aggregator(
                     _ if before.status == ConnectorStatus::Active.as_str() => {
                         (ConnectorStatus::Active, Some(keel_kernel::store::now()))
                     }
-                    _ => return Ok(Outcome::Ignored(before.status)),
+                    _ => {
+                        audit::record(
+                            tx,
+                            &scope,
+                            ctx,
+                            NewEvent::new(
+                                "trade.connector.event_ignored",
+                                "trade.connector",
+                                Some(before.id),
+                            )
+                            .detail("event_id", headers_id(headers))
+                            .detail("type", &event.event_type)
+                            .detail("outcome", "ignored")
+                            .detail("status", &before.status)
+                            .detail("kind", &before.kind),
+                        )
+                        .await?;
+                        return Ok((Outcome::Ignored(before.status), Some(scope)));
+                    }
                 };
                 if !store::apply_event(tx, &scope, &before, status, data_ready_at).await? {
                     return Err(ApiError::conflict("the connector changed meanwhile; retry"));
@@ -168,10 +196,16 @@ pub async fn account_aggregator(
                     .detail("kind", &after.kind),
                 )
                 .await?;
-                Ok::<_, ApiError>(Outcome::Applied(after.status))
+                Ok::<_, ApiError>((Outcome::Applied(after.status), Some(scope)))
             })
         })
         .await?;
+    // The organization is known only inside the transaction (from the verified event), so
+    // this writer drops the dashboard itself rather than through `dashboard::write`: the
+    // event's audit entry is in its recent activity.
+    if let Some(scope) = &scope {
+        crate::dashboard::invalidate(&state, scope).await;
+    }
     let (outcome, status) = match outcome {
         Outcome::Applied(s) => ("applied", Some(s)),
         Outcome::Ignored(s) => ("ignored", Some(s)),

@@ -214,42 +214,35 @@ async fn run_extract_job(
     }
     let (scope, extraction, document_id) = (&scope, &extraction, job.document_id);
     let ctx = &AuditContext::system("extraction");
-    state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                // Only the first finish of the document's current extraction is recorded (a
-                // job that runs twice, or an older extraction finishing late, changes nothing).
-                let noted = store::note_extraction(
-                    tx,
-                    scope,
-                    document_id,
-                    extraction.id,
-                    &extraction.status,
+    crate::dashboard::write(state, scope, |tx| {
+        Box::pin(async move {
+            // Only the first finish of the document's current extraction is recorded (a
+            // job that runs twice, or an older extraction finishing late, changes nothing).
+            let noted =
+                store::note_extraction(tx, scope, document_id, extraction.id, &extraction.status)
+                    .await?;
+            if noted {
+                let mut event = NewEvent::new(
+                    "trade.document.extracted",
+                    "trade.document",
+                    Some(document_id),
                 )
-                .await?;
-                if noted {
-                    let mut event = NewEvent::new(
-                        "trade.document.extracted",
-                        "trade.document",
-                        Some(document_id),
-                    )
-                    .detail("extraction_id", extraction.id)
-                    .detail("status", &extraction.status)
-                    .detail("document_type", &extraction.document_type);
-                    if let Some(c) = extraction.confidence {
-                        event = event.detail("confidence", c);
-                    }
-                    if let Some(e) = &extraction.engine {
-                        event = event.detail("engine", e);
-                    }
-                    audit::record(tx, scope, ctx, event).await?;
+                .detail("extraction_id", extraction.id)
+                .detail("status", &extraction.status)
+                .detail("document_type", &extraction.document_type);
+                if let Some(c) = extraction.confidence {
+                    event = event.detail("confidence", c);
                 }
-                Ok::<_, keel_kernel::store::StoreError>(())
-            })
+                if let Some(e) = &extraction.engine {
+                    event = event.detail("engine", e);
+                }
+                audit::record(tx, scope, ctx, event).await?;
+            }
+            Ok::<_, keel_kernel::store::StoreError>(())
         })
-        .await
-        .map_err(|e| JobError::retry(format!("cannot record the extraction: {e}")))?;
+    })
+    .await
+    .map_err(|e| JobError::retry(format!("cannot record the extraction: {e}")))?;
     Ok(outcome)
 }
 

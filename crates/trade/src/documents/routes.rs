@@ -157,35 +157,33 @@ pub async fn upload_document(
         )
         .await?;
     let (ctx, file, doc_type) = (&ctx, &file, upload.doc_type);
-    let document = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                shipments::get(tx, scope, shipment_id).await?;
-                let d = store::insert(
-                    tx,
-                    scope,
-                    shipment_id,
-                    doc_type,
-                    file,
-                    crate::actor_id(scope),
-                )
-                .await?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.document.uploaded", "trade.document", Some(d.id))
-                        .detail("shipment_id", shipment_id)
-                        .detail("document_type", doc_type.as_str())
-                        .detail("sha256", &d.sha256)
-                        .detail("size", d.size),
-                )
-                .await?;
-                Ok::<_, ApiError>(d)
-            })
+    let document = crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            shipments::get(tx, scope, shipment_id).await?;
+            let d = store::insert(
+                tx,
+                scope,
+                shipment_id,
+                doc_type,
+                file,
+                crate::actor_id(scope),
+            )
+            .await?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.document.uploaded", "trade.document", Some(d.id))
+                    .detail("shipment_id", shipment_id)
+                    .detail("document_type", doc_type.as_str())
+                    .detail("sha256", &d.sha256)
+                    .detail("size", d.size),
+            )
+            .await?;
+            Ok::<_, ApiError>(d)
         })
-        .await?;
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         [(
@@ -243,29 +241,27 @@ pub async fn delete_document(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
-    state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if !store::delete(tx, scope, id).await? {
-                    return Err(ApiError::not_found());
-                }
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.document.deleted", "trade.document", Some(id))
-                        .detail("shipment_id", before.shipment_id)
-                        .detail("document_type", &before.doc_type)
-                        .detail("sha256", &before.sha256)
-                        .detail("file_name", &before.file_name),
-                )
-                .await?;
-                Ok::<_, ApiError>(())
-            })
+    crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if !store::delete(tx, scope, id).await? {
+                return Err(ApiError::not_found());
+            }
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.document.deleted", "trade.document", Some(id))
+                    .detail("shipment_id", before.shipment_id)
+                    .detail("document_type", &before.doc_type)
+                    .detail("sha256", &before.sha256)
+                    .detail("file_name", &before.file_name),
+            )
+            .await?;
+            Ok::<_, ApiError>(())
         })
-        .await?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -364,72 +360,70 @@ pub async fn extract_document(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Response> {
     let (state, scope, ctx) = (&state, &auth.scope(), &ctx);
-    let started = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let doc = store::get(tx, scope, id).await?;
-                let Some(extraction_type) =
-                    DocType::parse(&doc.doc_type).and_then(DocType::extraction_type)
-                else {
-                    return Err(ApiError::invalid_field(
-                        "document_type",
-                        format!("documents of type {} are not extracted", doc.doc_type),
-                    ));
-                };
-                if let Some(current) = doc.extraction_id {
-                    // The kernel's record says whether it is still under way (the document's
-                    // own note may lag behind a job that gave up).
-                    match keel_kernel::extract::get(state, scope, current).await {
-                        Ok(e) if matches!(e.status.as_str(), "queued" | "running") => {
-                            return Err(ApiError::conflict(
-                                "an extraction of this document is still under way",
-                            )
-                            .with_extra("extraction_id", current.to_string()));
-                        }
-                        Ok(_) | Err(ExtractError::NotFound) => {}
-                        Err(e) => return Err(e.into()),
+    let started = crate::dashboard::write(state, scope, |tx| {
+        Box::pin(async move {
+            let doc = store::get(tx, scope, id).await?;
+            let Some(extraction_type) =
+                DocType::parse(&doc.doc_type).and_then(DocType::extraction_type)
+            else {
+                return Err(ApiError::invalid_field(
+                    "document_type",
+                    format!("documents of type {} are not extracted", doc.doc_type),
+                ));
+            };
+            if let Some(current) = doc.extraction_id {
+                // The kernel's record says whether it is still under way (the document's
+                // own note may lag behind a job that gave up).
+                match keel_kernel::extract::get(state, scope, current).await {
+                    Ok(e) if matches!(e.status.as_str(), "queued" | "running") => {
+                        return Err(ApiError::conflict(
+                            "an extraction of this document is still under way",
+                        )
+                        .with_extra("extraction_id", current.to_string()));
                     }
+                    Ok(_) | Err(ExtractError::NotFound) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                let started = keel_kernel::extract::start_with(
-                    state,
-                    tx,
-                    scope,
-                    &doc.sha256,
-                    extraction_type,
-                    |extraction_id| ExtractTradeDocument {
-                        document_id: id,
-                        extraction_id,
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    // The content was removed from file storage under the document.
-                    ExtractError::Invalid(_) => {
-                        ApiError::conflict("the document's file is no longer stored")
-                    }
-                    other => other.into(),
-                })?;
-                if !store::set_extraction(tx, scope, &doc, started.extraction_id).await? {
-                    return Err(ApiError::conflict("the document changed meanwhile; retry"));
+            }
+            let started = keel_kernel::extract::start_with(
+                state,
+                tx,
+                scope,
+                &doc.sha256,
+                extraction_type,
+                |extraction_id| ExtractTradeDocument {
+                    document_id: id,
+                    extraction_id,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                // The content was removed from file storage under the document.
+                ExtractError::Invalid(_) => {
+                    ApiError::conflict("the document's file is no longer stored")
                 }
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new(
-                        "trade.document.extraction_started",
-                        "trade.document",
-                        Some(id),
-                    )
-                    .detail("extraction_id", started.extraction_id)
-                    .detail("job_id", started.job_id),
+                other => other.into(),
+            })?;
+            if !store::set_extraction(tx, scope, &doc, started.extraction_id).await? {
+                return Err(ApiError::conflict("the document changed meanwhile; retry"));
+            }
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new(
+                    "trade.document.extraction_started",
+                    "trade.document",
+                    Some(id),
                 )
-                .await?;
-                Ok::<_, ApiError>(started)
-            })
+                .detail("extraction_id", started.extraction_id)
+                .detail("job_id", started.job_id),
+            )
+            .await?;
+            Ok::<_, ApiError>(started)
         })
-        .await?;
+    })
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/v1/jobs/{}", started.job_id))],
@@ -515,14 +509,12 @@ pub async fn correct_document_extraction(
         other => other.map_err(ApiError::from)?,
     };
     let status = &corrected.status;
-    state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                store::note_correction(tx, scope, id, extraction_id, status).await?;
-                Ok::<_, ApiError>(())
-            })
+    crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            store::note_correction(tx, scope, id, extraction_id, status).await?;
+            Ok::<_, ApiError>(())
         })
-        .await?;
+    })
+    .await?;
     Ok(Json(corrected))
 }

@@ -60,13 +60,18 @@ async fn write(ctx: &JobContext, job: &ExportShipments) -> Result<serde_json::Va
         Err(e) => return Err(JobError::Retry(e.into())),
     };
     if export.export.status == "ready" {
-        return Ok(
-            serde_json::json!({ "export_id": job.export_id, "rows": export.export.row_count }),
-        );
+        return Ok(result(
+            job.export_id,
+            export.export.row_count.unwrap_or_default(),
+            export.export.size_bytes.unwrap_or_default(),
+        ));
     }
     let format = Format::parse(&export.export.format).ok_or_else(|| permanent("unknown format"))?;
     let stored: store::StoredFilter = serde_json::from_str(&export.filter).map_err(permanent)?;
     let filter = stored.filter();
+    let sort = stored
+        .sort()
+        .map_err(|e| permanent(format!("the export's sort: {e}")))?;
     let mut csv = rows::csv_header();
     let mut xlsx = match format {
         Format::Xlsx => Some(Xlsx::new().map_err(permanent)?),
@@ -75,7 +80,7 @@ async fn write(ctx: &JobContext, job: &ExportShipments) -> Result<serde_json::Va
     let mut count = 0u64;
     let mut after = None;
     loop {
-        let (batch, next) = rows::batch(db, &scope, &filter, export.partner_id, after)
+        let (batch, next) = rows::batch(db, &scope, &filter, export.partner_id, &sort, after)
             .await
             .map_err(|e| JobError::Retry(e.into()))?;
         for s in &batch {
@@ -105,5 +110,20 @@ async fn write(ctx: &JobContext, job: &ExportShipments) -> Result<serde_json::Va
     store::complete(db, &scope, job.export_id, &sha256, count, size)
         .await
         .map_err(|e| JobError::Retry(e.into()))?;
-    Ok(serde_json::json!({ "export_id": job.export_id, "rows": count, "size_bytes": size }))
+    Ok(result(
+        job.export_id,
+        i64::try_from(count).unwrap_or(i64::MAX),
+        i64::try_from(size).unwrap_or(i64::MAX),
+    ))
+}
+
+/// The job's result (`GET /api/v1/jobs/{id}`): the export and where its file is.
+fn result(export_id: Uuid, rows: i64, size_bytes: i64) -> serde_json::Value {
+    serde_json::json!({
+        "export_id": export_id,
+        "rows": rows,
+        "size_bytes": size_bytes,
+        "export_url": super::routes::export_url(export_id),
+        "download_url": super::routes::download_url(export_id),
+    })
 }

@@ -1,12 +1,14 @@
 //! Shipment exports: `GET /api/v1/trade/shipments/export?format=csv|xlsx` with the list's
-//! filters (the same [`crate::shipments::routes::ShipmentQuery::filter`] and
-//! [`crate::shipments::store::Filter`], the same visibility and order), read in keyset
-//! batches of [`rows::BATCH`].
+//! filters and `sort` (the same [`crate::shipments::routes::ShipmentQuery::filter`],
+//! [`crate::shipments::store::Filter`] and sort whitelist, the same visibility and order),
+//! read in keyset batches of [`rows::BATCH`].
 //!
-//! Up to `[modules.trade] export_async_rows` rows (default 10,000) the answer is the file:
-//! CSV streamed batch by batch (never all rows in memory), XLSX built then sent. Above it the
-//! request answers 202 and a job on the `export` queue writes the file into the kernel's
-//! storage for the organization; `GET /api/v1/trade/exports/{id}` tells its state and
+//! Up to `[modules.trade] export_async_rows` rows (default 100,000) the answer is the file:
+//! CSV streamed batch by batch (never all rows in memory), XLSX written to a constant-memory
+//! sheet then sent. Above it the request answers 202 (`Location: /api/v1/jobs/<job id>`,
+//! `{"job_id", "status": "queued", …}`) and a job on the `export` queue writes the file into
+//! the kernel's storage for the organization; the job's result links it (`download_url`),
+//! `GET /api/v1/trade/exports/{id}` tells the export's state and
 //! `GET /api/v1/trade/exports/{id}/download` serves it, to the same organization only (and
 //! to a partner user only their own partner's exports).
 

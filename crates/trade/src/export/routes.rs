@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::Format;
 use super::job::ExportShipments;
-use super::rows::{self, Xlsx};
+use super::rows::{self, Sort, Xlsx};
 use super::store::{self, Export, StoredFilter};
 use crate::TradeSettings;
 use crate::perms::ShipmentsRead;
@@ -52,19 +52,34 @@ pub fn policy() -> keel_kernel::limits::Policy {
 pub struct ExportQuery {
     /// `csv` (default) or `xlsx`.
     pub format: Option<String>,
+    /// As the list: `created_at` (default `-created_at`, newest first) or `reference`, `-`
+    /// for descending. The file has the rows in the order the list's pages show them.
+    pub sort: Option<String>,
 }
 
-/// The answer when an export runs as a job.
+/// The answer when an export runs as a job (`202`, `Location: /api/v1/jobs/<job_id>`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExportQueued {
-    pub export_id: Uuid,
+    /// The job writing the file: `GET /api/v1/jobs/{job_id}` (its `result` links the file
+    /// once it succeeded).
     pub job_id: Uuid,
     /// `queued`.
     pub status: String,
-    /// Where the export's state is (`GET`).
+    pub export_id: Uuid,
+    /// Where the export's state is (`GET`; also for partner users, who do not read jobs).
     pub export_url: String,
     /// Where the file will be, once the export is `ready`.
     pub download_url: String,
+}
+
+/// Where an export's state is.
+pub fn export_url(id: Uuid) -> String {
+    format!("/api/v1/trade/exports/{id}")
+}
+
+/// Where an export's file is, once it is ready.
+pub fn download_url(id: Uuid) -> String {
+    format!("/api/v1/trade/exports/{id}/download")
 }
 
 /// An export with its links.
@@ -77,8 +92,7 @@ pub struct ExportView {
 }
 
 fn view(e: Export) -> ExportView {
-    let download_url =
-        (e.status == "ready").then(|| format!("/api/v1/trade/exports/{}/download", e.id));
+    let download_url = (e.status == "ready").then(|| download_url(e.id));
     ExportView {
         export: e,
         download_url,
@@ -104,9 +118,10 @@ fn attachment(format: Format, name: &str) -> [(header::HeaderName, String); 3] {
     ]
 }
 
-/// Exports the shipments the list would show for the same filters (all pages, newest
-/// first) as CSV or XLSX. Up to `export_async_rows` rows (10,000 by default) the answer is
-/// the file (CSV streamed); above it, 202 and a job writes the file (`download_url`).
+/// Exports the shipments the list would show for the same filters and sort (all pages, in
+/// the list's order) as CSV or XLSX. Up to `export_async_rows` rows (100,000 by default) the
+/// answer is the file (CSV streamed); above it, 202 with `Location: /api/v1/jobs/<job_id>`
+/// and a job writes the file (its result's `download_url`).
 #[utoipa::path(get, path = "/api/v1/trade/shipments/export", tag = "trade",
     security(("bearer" = ["trade.shipments.read"])),
     params(ExportQuery, ShipmentQuery, CreatedRangeParams),
@@ -114,8 +129,9 @@ fn attachment(format: Format, name: &str) -> [(header::HeaderName, String); 3] {
         (status = 200, description = "The file, as an attachment", content(
             (String = "text/csv"),
             (String = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"))),
-        (status = 202, body = ExportQueued, description = "Too many rows to answer at once: a job writes the file"),
-        (status = 422, description = "Invalid format or filter")))]
+        (status = 202, body = ExportQueued, description = "Too many rows to answer at once: a job writes the file",
+            headers(("Location" = String, description = "The job: /api/v1/jobs/<job_id>"))),
+        (status = 422, description = "Invalid format, filter or sort")))]
 pub async fn export_shipments(
     State(state): State<AppState>,
     auth: Authorized<ShipmentsRead>,
@@ -130,45 +146,45 @@ pub async fn export_shipments(
             ApiError::validation(vec![FieldError::new("format", "must be csv or xlsx")])
         }),
     };
-    let (format, filter) = both(format, query.filter(&range))?;
+    let ((format, filter), sort) = both(
+        both(format, query.filter(&range)),
+        Sort::parse(params.sort.as_deref()),
+    )?;
     let scope = auth.scope();
     let threshold = TradeSettings::of(&state).export_async_rows;
     let n = rows::count_capped(&state.db, &scope, &filter, threshold).await?;
-    let stored = StoredFilter::of(&filter);
+    let stored = StoredFilter::of(&filter, &sort);
     if n > threshold {
         let (scope, ctx, stored) = (&scope, &ctx, &stored);
         let jobs = &state.jobs;
-        let queued = state
-            .db
-            .transaction(|tx| {
-                Box::pin(async move {
-                    let e =
-                        store::insert(tx, scope, format, stored, crate::actor_id(scope)).await?;
-                    let job_id = jobs
-                        .enqueue(tx, Some(scope), &ExportShipments { export_id: e.id })
-                        .await?;
-                    store::set_job(tx, scope, e.id, job_id).await?;
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.shipments.exported", "trade.export", Some(e.id))
-                            .detail("format", format.as_str())
-                            .detail("filter", stored)
-                            .detail("async", true),
-                    )
+        let queued = crate::dashboard::write(&state, scope, |tx| {
+            Box::pin(async move {
+                let e = store::insert(tx, scope, format, stored, crate::actor_id(scope)).await?;
+                let job_id = jobs
+                    .enqueue(tx, Some(scope), &ExportShipments { export_id: e.id })
                     .await?;
-                    Ok::<_, ApiError>(ExportQueued {
-                        export_id: e.id,
-                        job_id,
-                        status: "queued".into(),
-                        export_url: format!("/api/v1/trade/exports/{}", e.id),
-                        download_url: format!("/api/v1/trade/exports/{}/download", e.id),
-                    })
+                store::set_job(tx, scope, e.id, job_id).await?;
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("trade.shipments.exported", "trade.export", Some(e.id))
+                        .detail("format", format.as_str())
+                        .detail("filter", stored)
+                        .detail("async", true),
+                )
+                .await?;
+                Ok::<_, ApiError>(ExportQueued {
+                    job_id,
+                    status: "queued".into(),
+                    export_id: e.id,
+                    export_url: export_url(e.id),
+                    download_url: download_url(e.id),
                 })
             })
-            .await?;
-        let location = queued.export_url.clone();
+        })
+        .await?;
+        let location = format!("/api/v1/jobs/{}", queued.job_id);
         return Ok((
             StatusCode::ACCEPTED,
             [(header::LOCATION, location)],
@@ -178,36 +194,35 @@ pub async fn export_shipments(
     }
     {
         let (scope, ctx, stored) = (&scope, &ctx, &stored);
-        state
-            .db
-            .transaction(|tx| {
-                Box::pin(async move {
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.shipments.exported", "trade.export", None::<Uuid>)
-                            .detail("format", format.as_str())
-                            .detail("filter", stored)
-                            .detail("rows", n),
-                    )
-                    .await?;
-                    Ok::<_, ApiError>(())
-                })
+        crate::dashboard::write(&state, scope, |tx| {
+            Box::pin(async move {
+                audit::record(
+                    tx,
+                    scope,
+                    ctx,
+                    NewEvent::new("trade.shipments.exported", "trade.export", None::<Uuid>)
+                        .detail("format", format.as_str())
+                        .detail("filter", stored)
+                        .detail("rows", n),
+                )
+                .await?;
+                Ok::<_, ApiError>(())
             })
-            .await?;
+        })
+        .await?;
     }
     let name = file_name(format);
     match format {
         Format::Csv => {
-            let body = Body::from_stream(csv_stream(state.db.clone(), scope, filter));
+            let body = Body::from_stream(csv_stream(state.db.clone(), scope, filter, sort));
             Ok((attachment(format, &name), body).into_response())
         }
         Format::Xlsx => {
             let mut x = Xlsx::new().map_err(ApiError::internal)?;
             let mut after = None;
             loop {
-                let (batch, next) = rows::batch(&state.db, &scope, &filter, None, after).await?;
+                let (batch, next) =
+                    rows::batch(&state.db, &scope, &filter, None, &sort, after).await?;
                 for s in &batch {
                     x.push(&rows::cells(s)).map_err(ApiError::internal)?;
                 }
@@ -227,6 +242,7 @@ fn csv_stream(
     db: keel_kernel::store::Db,
     scope: TenantScope,
     filter: Filter,
+    sort: Sort,
 ) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static {
     enum Step {
         Header,
@@ -234,7 +250,7 @@ fn csv_stream(
         Done,
     }
     futures::stream::try_unfold(Step::Header, move |step| {
-        let (db, scope, filter) = (db.clone(), scope.clone(), filter.clone());
+        let (db, scope, filter, sort) = (db.clone(), scope.clone(), filter.clone(), sort.clone());
         async move {
             let after = match step {
                 Step::Done => return Ok(None),
@@ -246,7 +262,7 @@ fn csv_stream(
                 }
                 Step::After(a) => a,
             };
-            let (batch, next) = rows::batch(&db, &scope, &filter, None, after)
+            let (batch, next) = rows::batch(&db, &scope, &filter, None, &sort, after)
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "a CSV export stopped");

@@ -31,6 +31,10 @@ pub struct Export {
     pub size_bytes: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Moves up with every change of state.
+    pub version: i64,
 }
 
 /// An export's row with what only the server needs.
@@ -43,7 +47,7 @@ pub struct ExportRow {
     pub sha256: Option<String>,
 }
 
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 13] = [
     "id",
     "format",
     "status",
@@ -52,6 +56,8 @@ const COLUMNS: [&str; 11] = [
     "size_bytes",
     "created_at",
     "completed_at",
+    "updated_at",
+    "version",
     "filter",
     "partner_id",
     "sha256",
@@ -66,11 +72,16 @@ pub struct StoredFilter {
     pub created_from: Option<DateTime<Utc>>,
     pub created_to: Option<DateTime<Utc>>,
     pub q: Option<String>,
+    /// The list's `sort` (`-created_at`, `reference`, …); absent in exports recorded before
+    /// exports took a sort, which had the default.
+    #[serde(default)]
+    pub sort: Option<String>,
 }
 
 impl StoredFilter {
-    pub fn of(f: &Filter) -> Self {
+    pub fn of(f: &Filter, sort: &super::rows::Sort) -> Self {
         Self {
+            sort: Some(sort.as_param()),
             status: f.status.map(|s| s.as_str().to_string()),
             ebrc_status: f.ebrc_status.map(|s| s.as_str().to_string()),
             destination_country: f.destination_country.clone(),
@@ -78,6 +89,11 @@ impl StoredFilter {
             created_to: f.created_to,
             q: f.q.clone(),
         }
+    }
+
+    /// The export's order (the default when none was recorded).
+    pub fn sort(&self) -> Result<super::rows::Sort, keel_kernel::http::ApiError> {
+        super::rows::Sort::parse(self.sort.as_deref())
     }
 
     pub fn filter(&self) -> Filter {
@@ -109,6 +125,7 @@ pub async fn insert(
     created_by: Option<String>,
 ) -> Result<Export, StoreError> {
     let id = Uuid::now_v7();
+    let at = now();
     let filter = serde_json::to_string(filter).map_err(|e| StoreError::Other(e.into()))?;
     tx.execute(
         &Query::insert()
@@ -122,6 +139,8 @@ pub async fn insert(
                 "status",
                 "created_by",
                 "created_at",
+                "updated_at",
+                "version",
             ])
             .values_panic([
                 id.into(),
@@ -131,7 +150,9 @@ pub async fn insert(
                 filter.into(),
                 "queued".into(),
                 created_by.into(),
-                now().into(),
+                at.into(),
+                at.into(),
+                1i64.into(),
             ])
             .to_owned(),
     )
@@ -148,7 +169,11 @@ pub async fn set_job(
     tx.execute(
         &Query::update()
             .table(TABLE)
-            .values([("job_id", job.into())])
+            .values([
+                ("job_id", job.into()),
+                ("updated_at", now().into()),
+                ("version", Expr::col("version").add(1)),
+            ])
             .cond_where(visible(scope).add(Expr::col("id").eq(id)))
             .to_owned(),
     )
@@ -181,6 +206,7 @@ pub async fn complete(
     rows: u64,
     size: u64,
 ) -> Result<bool, StoreError> {
+    let at = now();
     Ok(db
         .execute(
             &Query::update()
@@ -190,7 +216,9 @@ pub async fn complete(
                     ("sha256", sha256.into()),
                     ("row_count", i64::try_from(rows).unwrap_or(i64::MAX).into()),
                     ("size_bytes", i64::try_from(size).unwrap_or(i64::MAX).into()),
-                    ("completed_at", now().into()),
+                    ("completed_at", at.into()),
+                    ("updated_at", at.into()),
+                    ("version", Expr::col("version").add(1)),
                 ])
                 .cond_where(
                     visible(scope)
@@ -205,11 +233,17 @@ pub async fn complete(
 
 /// Marks a queued export failed.
 pub async fn fail(db: &Db, scope: &TenantScope, id: Uuid) -> Result<bool, StoreError> {
+    let at = now();
     Ok(db
         .execute(
             &Query::update()
                 .table(TABLE)
-                .values([("status", "failed".into()), ("completed_at", now().into())])
+                .values([
+                    ("status", "failed".into()),
+                    ("completed_at", at.into()),
+                    ("updated_at", at.into()),
+                    ("version", Expr::col("version").add(1)),
+                ])
                 .cond_where(
                     visible(scope)
                         .add(Expr::col("id").eq(id))

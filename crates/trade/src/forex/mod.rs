@@ -3,13 +3,43 @@
 //! A rate is the number of rupees one unit of a currency buys, stored exactly as an integer
 //! of millionths of a rupee (`rate_micros`; `"83.2512"` is `83_251_200`) and shown as a decimal
 //! string. Input with more than six decimals is refused rather than rounded. A new rate is
-//! compared with the rate in force just before its effective time: a change above 3 % raises
+//! compared with the rate in force just before its effective time (for a back-dated rate, the
+//! rate in force before its date, not the newest one); rates of one currency are recorded one
+//! after the other (a per-currency series row, [`store::lock_series`]), so two recorded at
+//! once are not both compared with the same previous rate. A change above 3 % raises
 //! an alert (`medium` up to 5 %, `high` above; above 10 % it is also flagged an `anomaly`),
 //! which is stored, notified in-app to the organization's admins and recorded as the audit
 //! event `trade.forex.alert` (published on the organization's realtime channel).
 
 pub mod routes;
 pub mod store;
+
+use keel_kernel::module::{Fixture, FixtureResource};
+
+/// A rate to read back, for the isolation probe.
+pub fn fixtures() -> Vec<Fixture> {
+    vec![Fixture {
+        resource: "trade.forex_rate",
+        create: std::sync::Arc::new(|state, scope| {
+            Box::pin(async move {
+                let rate = store::NewRate {
+                    currency: "USD".into(),
+                    rate_micros: 83_250_000,
+                    buy_micros: None,
+                    sell_micros: None,
+                    effective_at: None,
+                };
+                let mut tx = state.db.begin().await?;
+                store::lock_series(&mut tx, &scope, &rate.currency).await?;
+                let r = store::insert(&mut tx, &scope, &rate, None).await?;
+                tx.commit().await?;
+                Ok(FixtureResource {
+                    paths: vec![format!("/api/v1/trade/forex/rates/{}", r.id)],
+                })
+            })
+        }),
+    }]
+}
 
 /// A cache loader's error as an API error (a database outage stays a 503).
 pub(crate) fn cache_error(

@@ -1,17 +1,18 @@
-//! `/api/v1/trade/forex`: rates (admins record them), the latest per currency (cached five
-//! minutes per organization, dropped when a rate is recorded), history and alerts.
+//! `/api/v1/trade/forex`: rates (admins record them; each readable at its own URL), the
+//! latest per currency (cached five minutes per organization, dropped when a rate is
+//! recorded), history and alerts.
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use keel_kernel::audit::{self, AuditContext, Changes, NewEvent};
 use keel_kernel::auth::Authorized;
 use keel_kernel::cache::{CacheKey, Tag, TenantCache};
 use keel_kernel::http::pagination::{PageParams, Paged, parse_instant};
-use keel_kernel::http::{ApiError, ApiResult, FieldError, Json, Query};
+use keel_kernel::http::{ApiError, ApiResult, FieldError, Json, Path, Query};
 use keel_kernel::module::ModuleRouter;
 use keel_kernel::state::AppState;
 use keel_kernel::store::now;
@@ -19,6 +20,7 @@ use keel_kernel::tenancy::TenantScope;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use super::store::{self, Alert, AlertFilter, HistoryFilter, NewRate, Rate};
 use super::{Severity, cache_error, classify, micros_problem, parse_micros};
@@ -40,6 +42,7 @@ pub const LATEST_TTL: Duration = Duration::from_secs(300);
 pub fn router() -> ModuleRouter {
     ModuleRouter::new()
         .limited(CREATE_POLICY, utoipa_axum::routes!(create_rate))
+        .routes(utoipa_axum::routes!(get_rate))
         .limited(LATEST_POLICY, utoipa_axum::routes!(latest))
         .limited(HISTORY_POLICY, utoipa_axum::routes!(history))
         .routes(utoipa_axum::routes!(alerts))
@@ -175,8 +178,9 @@ impl RateInput {
             }
         }
         let current = now();
+        // `Some(None)`: valid, and effective when recorded.
         let effective_at = match self.effective_at.as_deref().map(str::trim) {
-            None | Some("") => Some(current),
+            None | Some("") => Some(None),
             Some(raw) => match parse_instant(raw) {
                 Some(t) if t > current + chrono::Duration::seconds(60) => {
                     errors.push(FieldError::new("effective_at", "must not be in the future"));
@@ -186,7 +190,7 @@ impl RateInput {
                     errors.push(FieldError::new("effective_at", "must be in 2000 or later"));
                     None
                 }
-                Some(t) => Some(t.min(current)),
+                Some(t) => Some(Some(t.trunc_subsecs_micros())),
                 None => {
                     errors.push(FieldError::new(
                         "effective_at",
@@ -203,7 +207,7 @@ impl RateInput {
                     rate_micros,
                     buy_micros: buy,
                     sell_micros: sell,
-                    effective_at: effective_at.trunc_subsecs_micros(),
+                    effective_at,
                 })
             }
             _ => Err(ApiError::validation(errors)),
@@ -230,12 +234,15 @@ pub struct RateCreated {
     pub alert: Option<Alert>,
 }
 
-/// Records a rate against INR (admins). A change of more than 3 % from the rate in force
-/// before it raises an alert, notified to the organization's admins.
+/// Records a rate against INR (admins): 201 with `Location: /api/v1/trade/forex/rates/{id}`.
+/// A change of more than 3 % from the rate in force before its effective time raises an
+/// alert, notified to the organization's admins. A back-dated rate is compared with the rate
+/// in force before its date (not with the newest one); rates of one currency recorded at once
+/// are compared one after the other.
 #[utoipa::path(post, path = "/api/v1/trade/forex/rates", tag = "trade",
     security(("bearer" = ["trade.forex.manage"])),
     request_body = RateInput,
-    responses((status = 201, body = RateCreated), (status = 403, description = "Not an admin"),
+    responses((status = 201, body = RateCreated, headers(("Location" = String, description = "The rate's URL"))), (status = 403, description = "Not an admin"),
         (status = 422, description = "Invalid fields"), (status = 429, description = "More than 10 rates a minute")))]
 pub async fn create_rate(
     State(state): State<AppState>,
@@ -247,70 +254,89 @@ pub async fn create_rate(
     let input = body.validate(&settings)?;
     let scope = &auth.scope();
     let (state_ref, ctx, input) = (&state, &ctx, &input);
-    let created = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let rate = store::insert(tx, scope, input, crate::actor_id(scope)).await?;
-                let previous = store::previous(tx, scope, &rate).await?;
-                let mut alert = None;
-                if let Some(prev) = &previous
-                    && let Some((severity, anomaly)) = classify(prev.rate_micros, rate.rate_micros)
-                {
-                    let row =
-                        store::insert_alert(tx, scope, prev, &rate, severity, anomaly).await?;
-                    alert = Some(Alert::from(row));
+    let created = crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            // Rates of one currency are recorded one after the other: two at once
+            // would otherwise both be compared with the same previous rate.
+            store::lock_series(tx, scope, &input.currency).await?;
+            let rate = store::insert(tx, scope, input, crate::actor_id(scope)).await?;
+            let previous = store::previous(tx, scope, &rate).await?;
+            let mut alert = None;
+            if let Some(prev) = &previous
+                && let Some((severity, anomaly)) = classify(prev.rate_micros, rate.rate_micros)
+            {
+                let row = store::insert_alert(tx, scope, prev, &rate, severity, anomaly).await?;
+                alert = Some(Alert::from(row));
+            }
+            let shown = Rate::from(rate.clone());
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new(
+                    "trade.forex.rate_created",
+                    "trade.forex_rate",
+                    Some(rate.id),
+                )
+                .changes(Changes::created(&shown, &[])),
+            )
+            .await?;
+            if let Some(a) = &alert {
+                let data = json!({
+                    "alert_id": a.id,
+                    "currency": a.currency,
+                    "previous_rate": a.previous_rate,
+                    "rate": a.rate,
+                    "change_percent": a.change_percent,
+                    "severity": a.severity,
+                    "anomaly": a.anomaly,
+                });
+                for admin in store::admins(tx, scope).await? {
+                    keel_kernel::notify::send(
+                        state_ref,
+                        tx,
+                        scope,
+                        admin,
+                        ALERT_NOTIFICATION,
+                        data.clone(),
+                    )
+                    .await?;
                 }
-                let shown = Rate::from(rate.clone());
                 audit::record(
                     tx,
                     scope,
                     ctx,
-                    NewEvent::new(
-                        "trade.forex.rate_created",
-                        "trade.forex_rate",
-                        Some(rate.id),
-                    )
-                    .changes(Changes::created(&shown, &[])),
+                    NewEvent::new("trade.forex.alert", "trade.forex_alert", Some(a.id))
+                        .details(data),
                 )
                 .await?;
-                if let Some(a) = &alert {
-                    let data = json!({
-                        "alert_id": a.id,
-                        "currency": a.currency,
-                        "previous_rate": a.previous_rate,
-                        "rate": a.rate,
-                        "change_percent": a.change_percent,
-                        "severity": a.severity,
-                        "anomaly": a.anomaly,
-                    });
-                    for admin in store::admins(tx, scope).await? {
-                        keel_kernel::notify::send(
-                            state_ref,
-                            tx,
-                            scope,
-                            admin,
-                            ALERT_NOTIFICATION,
-                            data.clone(),
-                        )
-                        .await?;
-                    }
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new("trade.forex.alert", "trade.forex_alert", Some(a.id))
-                            .details(data),
-                    )
-                    .await?;
-                }
-                Ok::<_, ApiError>(RateCreated { rate: shown, alert })
-            })
+            }
+            Ok::<_, ApiError>(RateCreated { rate: shown, alert })
         })
-        .await?;
+    })
+    .await?;
     latest_cache(&state)?.invalidate(&latest_key(scope)).await;
-    crate::dashboard::invalidate(&state, scope).await;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    let location = format!("/api/v1/trade/forex/rates/{}", created.rate.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    )
+        .into_response())
+}
+
+/// Reads a recorded rate.
+#[utoipa::path(get, path = "/api/v1/trade/forex/rates/{id}", tag = "trade",
+    security(("bearer" = ["trade.forex.read"])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Rate), (status = 404, description = "No such rate in this organization")))]
+pub async fn get_rate(
+    State(state): State<AppState>,
+    auth: Authorized<ForexRead>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Rate>> {
+    let row = store::get_rate(&state.db, &auth.scope(), id).await?;
+    Ok(Json(Rate::from(row)))
 }
 
 /// The newest rate of each currency (cached up to five minutes; recording a rate refreshes

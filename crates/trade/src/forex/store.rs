@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use keel_kernel::http::pagination::PageRequest;
 use keel_kernel::store::{Db, StoreError, Tx, now};
 use keel_kernel::tenancy::TenantScope;
-use sea_query::{Alias, Cond, Expr, ExprTrait, Func, Order, Query, SelectStatement};
+use sea_query::{Alias, Cond, Expr, ExprTrait, Func, OnConflict, Order, Query, SelectStatement};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -13,8 +13,9 @@ use super::{Severity, format_micros, format_percent};
 
 pub const RATES: &str = "trade_forex_rates";
 pub const ALERTS: &str = "trade_forex_alerts";
+pub const SERIES: &str = "trade_forex_series";
 
-const RATE_COLUMNS: [&str; 8] = [
+const RATE_COLUMNS: [&str; 10] = [
     "id",
     "currency",
     "rate_micros",
@@ -23,6 +24,8 @@ const RATE_COLUMNS: [&str; 8] = [
     "effective_at",
     "created_by",
     "created_at",
+    "updated_at",
+    "version",
 ];
 
 /// A stored rate.
@@ -36,6 +39,8 @@ pub struct RateRow {
     pub effective_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 /// A rate as the API shows it: rupees per unit of `currency`.
@@ -58,6 +63,10 @@ pub struct Rate {
     pub effective_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// A rate is not changed once recorded (a correction is a new rate): its creation time.
+    pub updated_at: DateTime<Utc>,
+    /// Always 1 (a rate is not changed once recorded).
+    pub version: i64,
 }
 
 keel_kernel::keyed!(Rate { "effective_at" => Time(effective_at) });
@@ -79,6 +88,8 @@ impl From<RateRow> for Rate {
             effective_at: r.effective_at,
             created_by: r.created_by,
             created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
         }
     }
 }
@@ -90,24 +101,58 @@ pub struct NewRate {
     pub rate_micros: i64,
     pub buy_micros: Option<i64>,
     pub sell_micros: Option<i64>,
-    pub effective_at: DateTime<Utc>,
+    /// When it takes effect; `None`: when it is recorded (see [`lock_series`]).
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
+/// Takes the (organization, currency) series for the rest of the transaction, creating its
+/// row on the first rate: an upsert, whose row lock PostgreSQL holds until commit, so a second
+/// transaction recording a rate of the same currency waits here and then reads the first one's
+/// rate as committed (SQLite serializes writers already). Call it before reading the clock or
+/// the previous rate.
+pub async fn lock_series(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    currency: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        &Query::insert()
+            .into_table(SERIES)
+            .columns(["org_id", "currency", "rates"])
+            .values_panic([scope.org_id().into(), currency.into(), 1i64.into()])
+            .on_conflict(
+                OnConflict::columns(["org_id", "currency"])
+                    .value("rates", Expr::col((SERIES, "rates")).add(1))
+                    .to_owned(),
+            )
+            .to_owned(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts a rate. A rate without an effective time takes effect now: call [`lock_series`]
+/// first, so "now" is read while no other rate of the currency can commit.
 pub async fn insert(
     tx: &mut Tx,
     scope: &TenantScope,
     rate: &NewRate,
     created_by: Option<String>,
 ) -> Result<RateRow, StoreError> {
+    let at = now();
     let row = RateRow {
         id: Uuid::now_v7(),
         currency: rate.currency.clone(),
         rate_micros: rate.rate_micros,
         buy_micros: rate.buy_micros,
         sell_micros: rate.sell_micros,
-        effective_at: rate.effective_at,
+        // Never after the moment it is recorded (a time up to a minute ahead, allowed for
+        // clock skew, counts as now).
+        effective_at: rate.effective_at.map_or(at, |t| Ord::min(t, at)),
         created_by,
-        created_at: now(),
+        created_at: at,
+        updated_at: at,
+        version: 1,
     };
     tx.execute(
         &Query::insert()
@@ -122,6 +167,8 @@ pub async fn insert(
                 "effective_at",
                 "created_by",
                 "created_at",
+                "updated_at",
+                "version",
             ])
             .values_panic([
                 row.id.into(),
@@ -133,6 +180,8 @@ pub async fn insert(
                 row.effective_at.into(),
                 row.created_by.clone().into(),
                 row.created_at.into(),
+                row.updated_at.into(),
+                row.version.into(),
             ])
             .to_owned(),
     )
@@ -141,7 +190,8 @@ pub async fn insert(
 }
 
 /// The rate of `currency` in force just before `rate` (the latest effective at or before its
-/// time, other than itself; ties by id).
+/// time, other than itself; ties by id). For a back-dated rate that is the rate in force
+/// before its date, not the newest one.
 pub async fn previous(
     tx: &mut Tx,
     scope: &TenantScope,
@@ -165,6 +215,19 @@ pub async fn previous(
             .order_by("effective_at", Order::Desc)
             .order_by("id", Order::Desc)
             .limit(1)
+            .to_owned(),
+    )
+    .await
+}
+
+/// One of the scope's rates.
+pub async fn get_rate(db: &Db, scope: &TenantScope, id: Uuid) -> Result<RateRow, StoreError> {
+    db.fetch_one(
+        &Query::select()
+            .columns(RATE_COLUMNS)
+            .from(RATES)
+            .and_where(Expr::col("org_id").eq(scope.org_id()))
+            .and_where(Expr::col("id").eq(id))
             .to_owned(),
     )
     .await
@@ -312,7 +375,7 @@ pub async fn in_force_during(
     Ok(first.into_iter().chain(rest).collect())
 }
 
-const ALERT_COLUMNS: [&str; 10] = [
+const ALERT_COLUMNS: [&str; 12] = [
     "id",
     "rate_id",
     "previous_rate_id",
@@ -323,6 +386,8 @@ const ALERT_COLUMNS: [&str; 10] = [
     "severity",
     "anomaly",
     "created_at",
+    "updated_at",
+    "version",
 ];
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -337,6 +402,8 @@ pub struct AlertRow {
     pub severity: String,
     pub anomaly: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 /// A rate change of more than 3 %.
@@ -359,6 +426,10 @@ pub struct Alert {
     /// A change above 10 %: check the rate before relying on it.
     pub anomaly: bool,
     pub created_at: DateTime<Utc>,
+    /// An alert is not changed once raised: its creation time.
+    pub updated_at: DateTime<Utc>,
+    /// Always 1.
+    pub version: i64,
 }
 
 keel_kernel::keyed!(Alert { "created_at" => Time(created_at) });
@@ -377,6 +448,8 @@ impl From<AlertRow> for Alert {
             severity: a.severity,
             anomaly: a.anomaly,
             created_at: a.created_at,
+            updated_at: a.updated_at,
+            version: a.version,
         }
     }
 }
@@ -389,6 +462,7 @@ pub async fn insert_alert(
     severity: Severity,
     anomaly: bool,
 ) -> Result<AlertRow, StoreError> {
+    let at = now();
     let row = AlertRow {
         id: Uuid::now_v7(),
         rate_id: rate.id,
@@ -399,7 +473,9 @@ pub async fn insert_alert(
         change_ppm: super::change_ppm(previous.rate_micros, rate.rate_micros),
         severity: severity.as_str().into(),
         anomaly,
-        created_at: now(),
+        created_at: at,
+        updated_at: at,
+        version: 1,
     };
     let mut columns = vec!["org_id"];
     columns.extend(ALERT_COLUMNS);
@@ -419,6 +495,8 @@ pub async fn insert_alert(
                 row.severity.clone().into(),
                 row.anomaly.into(),
                 row.created_at.into(),
+                row.updated_at.into(),
+                row.version.into(),
             ])
             .to_owned(),
     )

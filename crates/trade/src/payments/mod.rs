@@ -3,7 +3,8 @@
 //! A payment is in the shipment's invoice currency; its bank reference and account number are
 //! sealed with the kernel key ring (registered in [`encrypted_columns`], so `keel keys
 //! rotate/status` cover them), shown in full only on the payment itself and masked
-//! (`****1234`) in lists. Recording one locks its shipment, adds it to the shipment's
+//! (`****1234`) in lists, in `Debug` output and — by field name, through the kernel's log
+//! redaction — in log lines. Recording one locks its shipment, adds it to the shipment's
 //! `realized_minor` and — when the payments reach the invoice value — moves the shipment's
 //! e-BRC status to `realized` (`trade.shipment.ebrc_realized`), all in one transaction.
 
@@ -12,6 +13,24 @@ pub mod store;
 
 use keel_kernel::crypto::keys::{EncryptedColumn, EncryptedTable};
 use keel_kernel::module::{Fixture, FixtureResource};
+
+/// Payment fields no log line may show in clear, registered with the kernel's log redaction
+/// (`account_number` is on its built-in list already, masked to its last four characters).
+/// The payment types' `Debug` masks both as lists do, so `?payment` in a log is safe too.
+pub const LOG_REDACTED_FIELDS: [&str; 1] = ["bank_reference"];
+
+/// `Debug` for a bank field: its last 4 characters, as lists show it.
+pub(crate) struct Masked<'a>(pub &'a str);
+
+impl std::fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}",
+            keel_kernel::crypto::field::mask_tail(self.0, store::MASK_KEEP)
+        )
+    }
+}
 
 /// The sealed columns of `trade_payments`.
 pub fn encrypted_columns() -> Vec<EncryptedTable> {

@@ -39,8 +39,8 @@ pub const SORTS: [&str; 2] = ["created_at", "amount_minor"];
 /// The largest payment accepted, in minor units (as for invoice values).
 const MAX_MINOR: i64 = 1_000_000_000_000_000;
 
-/// A payment received.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// A payment received (its `Debug` masks the bank fields).
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInput {
     /// In minor units of `currency`, greater than 0.
@@ -55,6 +55,19 @@ pub struct PaymentInput {
     pub bank_reference: String,
     /// The account credited: 4–34 letters and digits, spaces ignored (stored encrypted).
     pub account_number: String,
+}
+
+impl std::fmt::Debug for PaymentInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentInput")
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .field("received_on", &self.received_on)
+            .field("remitter", &self.remitter)
+            .field("bank_reference", &super::Masked(&self.bank_reference))
+            .field("account_number", &super::Masked(&self.account_number))
+            .finish()
+    }
 }
 
 fn required_text(errors: &mut Vec<FieldError>, field: &str, raw: &str, max: usize) -> String {
@@ -171,7 +184,7 @@ async fn lock_shipment(tx: &mut Tx, scope: &TenantScope, id: Uuid) -> Result<boo
     request_body = PaymentInput,
     responses((status = 201, body = Payment),
         (status = 404, description = "No such shipment"),
-        (status = 409, description = "The shipment is cancelled, or a request with this Idempotency-Key is in progress"),
+        (status = 409, description = "The shipment is a draft or cancelled, or a request with this Idempotency-Key is in progress"),
         (status = 422, description = "Invalid fields (a currency other than the invoice's, a future date, …), or an Idempotency-Key reused with another body")))]
 pub async fn record_payment(
     State(state): State<AppState>,
@@ -182,93 +195,99 @@ pub async fn record_payment(
 ) -> ApiResult<Response> {
     let (state, scope, ctx, body) = (&state, &auth.scope(), &ctx, &body);
     let id = Uuid::now_v7();
-    let payment = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                if !lock_shipment(tx, scope, shipment_id).await? {
-                    return Err(ApiError::not_found());
+    let payment = crate::dashboard::write(state, scope, |tx| {
+        Box::pin(async move {
+            if !lock_shipment(tx, scope, shipment_id).await? {
+                return Err(ApiError::not_found());
+            }
+            let shipment = shipments::get(tx, scope, shipment_id).await?;
+            let input = body.validate(&shipment.currency)?;
+            let cell = Tally::of(&shipment)?;
+            match cell.status {
+                Status::Draft => {
+                    return Err(ApiError::conflict(
+                        "the shipment is a draft: it takes payments once booked",
+                    )
+                    .with_extra("current_status", cell.status.as_str()));
                 }
-                let shipment = shipments::get(tx, scope, shipment_id).await?;
-                let input = body.validate(&shipment.currency)?;
-                let cell = Tally::of(&shipment)?;
-                if cell.status == Status::Cancelled {
+                Status::Cancelled => {
                     return Err(ApiError::conflict(
                         "the shipment is cancelled: it takes no payments",
-                    ));
+                    )
+                    .with_extra("current_status", cell.status.as_str()));
                 }
-                store::insert(
-                    tx,
-                    state,
-                    scope,
-                    id,
-                    shipment_id,
-                    &input,
-                    crate::actor_id(scope),
-                )
-                .await?;
-                let realized = store::sum_for_shipment(tx, scope, shipment_id).await?;
-                let ebrc = if realized >= shipment.invoice_value_minor {
-                    EbrcStatus::Realized
-                } else {
-                    cell.ebrc
-                };
-                if !shipments::set_state(
-                    tx,
-                    scope,
-                    &shipment,
-                    Tally::new(cell.status, ebrc),
-                    Some(realized),
-                )
-                .await?
-                {
-                    // The row is locked: only a bug gets here.
-                    return Err(ApiError::internal(anyhow::anyhow!(
-                        "shipment {shipment_id} changed under its lock"
-                    )));
-                }
-                let payment = store::get(tx, scope, id).await?.open(state, scope, false)?;
+                Status::Booked | Status::InTransit | Status::Delivered => {}
+            }
+            store::insert(
+                tx,
+                state,
+                scope,
+                id,
+                shipment_id,
+                &input,
+                crate::actor_id(scope),
+            )
+            .await?;
+            let realized = store::sum_for_shipment(tx, scope, shipment_id).await?;
+            let ebrc = if realized >= shipment.invoice_value_minor {
+                EbrcStatus::Realized
+            } else {
+                cell.ebrc
+            };
+            if !shipments::set_state(
+                tx,
+                scope,
+                &shipment,
+                Tally::new(cell.status, ebrc),
+                Some(realized),
+            )
+            .await?
+            {
+                // The row is locked: only a bug gets here.
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "shipment {shipment_id} changed under its lock"
+                )));
+            }
+            let payment = store::get(tx, scope, id).await?.open(state, scope, false)?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.payment.received", "trade.payment", Some(id))
+                    .changes(Changes::created(
+                        &payment,
+                        &["bank_reference", "account_number"],
+                    ))
+                    .detail("shipment_id", shipment_id)
+                    .detail("realized_minor", realized),
+            )
+            .await?;
+            if ebrc == EbrcStatus::Realized && cell.ebrc != EbrcStatus::Realized {
                 audit::record(
                     tx,
                     scope,
                     ctx,
-                    NewEvent::new("trade.payment.received", "trade.payment", Some(id))
-                        .changes(Changes::created(
-                            &payment,
-                            &["bank_reference", "account_number"],
-                        ))
-                        .detail("shipment_id", shipment_id)
-                        .detail("realized_minor", realized),
+                    NewEvent::new(
+                        "trade.shipment.ebrc_realized",
+                        "trade.shipment",
+                        Some(shipment_id),
+                    )
+                    .changes(
+                        Changes::new()
+                            .field("ebrc_status", cell.ebrc.as_str(), ebrc.as_str())
+                            .field("realized_minor", shipment.realized_minor, realized),
+                    )
+                    .detail("reference", &shipment.reference)
+                    .detail("invoice_value_minor", shipment.invoice_value_minor)
+                    .detail("currency", &shipment.currency)
+                    .detail("payment_id", id),
                 )
                 .await?;
-                if ebrc == EbrcStatus::Realized && cell.ebrc != EbrcStatus::Realized {
-                    audit::record(
-                        tx,
-                        scope,
-                        ctx,
-                        NewEvent::new(
-                            "trade.shipment.ebrc_realized",
-                            "trade.shipment",
-                            Some(shipment_id),
-                        )
-                        .changes(
-                            Changes::new()
-                                .field("ebrc_status", cell.ebrc.as_str(), ebrc.as_str())
-                                .field("realized_minor", shipment.realized_minor, realized),
-                        )
-                        .detail("reference", &shipment.reference)
-                        .detail("invoice_value_minor", shipment.invoice_value_minor)
-                        .detail("currency", &shipment.currency)
-                        .detail("payment_id", id),
-                    )
-                    .await?;
-                }
-                Ok::<_, ApiError>(payment)
-            })
+            }
+            Ok::<_, ApiError>(payment)
         })
-        .await?;
-    // Realisation moves the dashboard's e-BRC counts.
-    crate::dashboard::invalidate(state, scope).await;
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         [(

@@ -16,8 +16,8 @@ pub const TABLE: &str = "trade_payments";
 
 /// A payment as the API shows it. `bank_reference` and `account_number` are in full on the
 /// payment itself (`GET /api/v1/trade/payments/{id}`, and the create response) and masked
-/// (`****1234`) in lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// (`****1234`) in lists and in its `Debug` output.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Payment {
     pub id: Uuid,
     pub shipment_id: Uuid,
@@ -32,6 +32,28 @@ pub struct Payment {
     pub bank_reference: String,
     pub account_number: String,
     pub created_at: DateTime<Utc>,
+    /// A payment is not changed once recorded: its creation time.
+    pub updated_at: DateTime<Utc>,
+    /// Always 1 (a payment is not changed once recorded).
+    pub version: i64,
+}
+
+impl std::fmt::Debug for Payment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payment")
+            .field("id", &self.id)
+            .field("shipment_id", &self.shipment_id)
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .field("received_on", &self.received_on)
+            .field("remitter", &self.remitter)
+            .field("bank_reference", &super::Masked(&self.bank_reference))
+            .field("account_number", &super::Masked(&self.account_number))
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 keel_kernel::keyed!(Payment { "created_at" => Time(created_at), "amount_minor" => Int(amount_minor) });
@@ -48,9 +70,11 @@ pub struct Row {
     pub bank_reference: Sealed,
     pub account_number: Sealed,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 11] = [
     "id",
     "shipment_id",
     "amount_minor",
@@ -60,6 +84,8 @@ const COLUMNS: [&str; 9] = [
     "bank_reference",
     "account_number",
     "created_at",
+    "updated_at",
+    "version",
 ];
 
 /// How much of a sealed value lists show: its last 4 characters.
@@ -107,12 +133,14 @@ impl Row {
             bank_reference,
             account_number,
             created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
         })
     }
 }
 
-/// A payment's fields, validated.
-#[derive(Debug, Clone, PartialEq)]
+/// A payment's fields, validated (its `Debug` masks the bank fields).
+#[derive(Clone, PartialEq)]
 pub struct NewPayment {
     pub amount_minor: i64,
     pub currency: String,
@@ -120,6 +148,73 @@ pub struct NewPayment {
     pub remitter: String,
     pub bank_reference: String,
     pub account_number: String,
+}
+
+impl std::fmt::Debug for NewPayment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPayment")
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .field("received_on", &self.received_on)
+            .field("remitter", &self.remitter)
+            .field("bank_reference", &super::Masked(&self.bank_reference))
+            .field("account_number", &super::Masked(&self.account_number))
+            .finish()
+    }
+}
+
+/// The columns a payment row is inserted with, in the order of [`sealed_values`].
+pub const INSERT_COLUMNS: [&str; 13] = [
+    "id",
+    "org_id",
+    "shipment_id",
+    "amount_minor",
+    "currency",
+    "received_on",
+    "remitter",
+    "bank_reference",
+    "account_number",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "version",
+];
+
+/// A new payment row's values in [`INSERT_COLUMNS`] order, its bank fields sealed under the
+/// key ring (bound to organization, table, column and row). The one way payments are
+/// written: [`insert`], and the demo seed's batched inserts.
+pub fn sealed_values(
+    state: &AppState,
+    scope: &TenantScope,
+    id: Uuid,
+    shipment_id: Uuid,
+    p: &NewPayment,
+    created_by: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<[sea_query::SimpleExpr; 13], StoreError> {
+    let seal = |column: &'static str, value: &str| {
+        state
+            .crypto
+            .seal(&FieldRef::new(scope, TABLE, column, id), value)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("cannot seal {TABLE}.{column}: {e}")))
+    };
+    let bank_reference = seal("bank_reference", &p.bank_reference)?;
+    let account_number = seal("account_number", &p.account_number)?;
+    Ok([
+        id.into(),
+        scope.org_id().into(),
+        shipment_id.into(),
+        p.amount_minor.into(),
+        p.currency.clone().into(),
+        p.received_on.into(),
+        p.remitter.clone().into(),
+        bank_reference.into(),
+        account_number.into(),
+        created_by.into(),
+        at.into(),
+        at.into(),
+        1i64.into(),
+    ])
 }
 
 /// Inserts a payment with its bank fields sealed; returns its id.
@@ -132,43 +227,12 @@ pub async fn insert(
     p: &NewPayment,
     created_by: Option<String>,
 ) -> Result<Uuid, StoreError> {
-    let seal = |column: &'static str, value: &str| {
-        state
-            .crypto
-            .seal(&FieldRef::new(scope, TABLE, column, id), value)
-            .map_err(|e| StoreError::Other(anyhow::anyhow!("cannot seal {TABLE}.{column}: {e}")))
-    };
-    let bank_reference = seal("bank_reference", &p.bank_reference)?;
-    let account_number = seal("account_number", &p.account_number)?;
+    let values = sealed_values(state, scope, id, shipment_id, p, created_by, now())?;
     tx.execute(
         &Query::insert()
             .into_table(TABLE)
-            .columns([
-                "id",
-                "org_id",
-                "shipment_id",
-                "amount_minor",
-                "currency",
-                "received_on",
-                "remitter",
-                "bank_reference",
-                "account_number",
-                "created_by",
-                "created_at",
-            ])
-            .values_panic([
-                id.into(),
-                scope.org_id().into(),
-                shipment_id.into(),
-                p.amount_minor.into(),
-                p.currency.clone().into(),
-                p.received_on.into(),
-                p.remitter.clone().into(),
-                bank_reference.into(),
-                account_number.into(),
-                created_by.into(),
-                now().into(),
-            ])
+            .columns(INSERT_COLUMNS)
+            .values_panic(values)
             .to_owned(),
     )
     .await?;

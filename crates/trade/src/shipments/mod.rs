@@ -1,7 +1,9 @@
 //! Shipments: from draft to delivery, with their e-BRC status.
 //!
 //! Status moves only along `draft → booked → in_transit → delivered`, or to `cancelled` from
-//! any state before `delivered`; each move is its own action. The e-BRC status starts
+//! any state before `delivered`, through `POST …/{id}/transitions` `{"to": "booked"}` or the
+//! per-action routes (`/book`, `/dispatch`, `/deliver`, `/cancel`), which share one
+//! implementation. The e-BRC status starts
 //! `pending`, becomes `filed` by hand, `realized` when payments cover the invoice value, and
 //! `overdue` when no realisation arrives within `overdue_days` of the shipping bill date.
 
@@ -34,6 +36,16 @@ impl Status {
         Status::Delivered,
         Status::Cancelled,
     ];
+
+    /// The statuses of a shipment that went ahead (booked or further, not cancelled): only
+    /// these count as exports (the GST summary, the dashboard's month) and only their e-BRC
+    /// can fall overdue.
+    pub const EXPORTED: [Status; 3] = [Status::Booked, Status::InTransit, Status::Delivered];
+
+    /// [`Status::EXPORTED`] as stored.
+    pub fn exported() -> [&'static str; 3] {
+        Self::EXPORTED.map(Status::as_str)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

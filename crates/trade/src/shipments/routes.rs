@@ -33,6 +33,7 @@ pub fn router() -> ModuleRouter {
             update_shipment,
             delete_shipment
         ))
+        .routes(utoipa_axum::routes!(transition_shipment))
         .routes(utoipa_axum::routes!(book))
         .routes(utoipa_axum::routes!(dispatch))
         .routes(utoipa_axum::routes!(deliver))
@@ -40,8 +41,7 @@ pub fn router() -> ModuleRouter {
         .routes(utoipa_axum::routes!(set_ebrc))
 }
 
-/// The sortable fields of the list; the first is the default (newest first).
-pub const SORTS: [&str; 2] = ["created_at", "reference"];
+pub use super::store::SORTS;
 
 #[derive(Debug, Default, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -160,15 +160,19 @@ pub fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, 
 pub struct ShipmentInput {
     /// Unique in the organization (case-insensitive): letters, digits, `-_/.`, 1–64.
     pub reference: String,
-    /// The buyer as a business partner; its name is used when `buyer_name` is absent.
+    /// The buyer as a business partner of the organization: the shipment takes the
+    /// partner's name (`buyer_name` is then not used).
     pub buyer_partner_id: Option<Uuid>,
-    /// Required without `buyer_partner_id`.
+    /// Required without `buyer_partner_id`, 1–200 characters.
     pub buyer_name: Option<String>,
-    /// ISO 3166-1 alpha-2.
+    /// ISO 3166-1 alpha-2. Required without `buyer_partner_id` (a partner record keeps no
+    /// country, so it may be given with one too).
     pub buyer_country: Option<String>,
     /// ISO 3166-1 alpha-2.
     pub destination_country: String,
+    /// A UN/LOCODE: 2-letter country and 3 letters or digits (`INNSA`), any case.
     pub port_of_loading: Option<String>,
+    /// A UN/LOCODE (`DEHAM`), any case.
     pub port_of_discharge: Option<String>,
     /// Incoterms 2020: EXW, FCA, CPT, CIP, DAP, DPU, DDP, FAS, FOB, CFR, CIF.
     pub incoterm: Option<String>,
@@ -225,29 +229,6 @@ impl ShipmentInput {
                 "must be 1–64 letters, digits or -_/.",
             ));
         }
-        let mut buyer_name = text(&mut errors, "buyer_name", self.buyer_name.as_deref(), 200);
-        if let Some(p) = self.buyer_partner_id {
-            match keel_kernel::partners::store::get(tx, scope, p).await {
-                Ok(partner) => {
-                    buyer_name.get_or_insert(partner.name);
-                }
-                Err(StoreError::NotFound) => errors.push(FieldError::new(
-                    "buyer_partner_id",
-                    "no such business partner in this organization",
-                )),
-                Err(e) => return Err(e.into()),
-            }
-        } else if buyer_name.is_none()
-            && self
-                .buyer_name
-                .as_deref()
-                .is_none_or(|n| n.trim().is_empty())
-        {
-            errors.push(FieldError::new(
-                "buyer_name",
-                "is required without buyer_partner_id",
-            ));
-        }
         let country_of = |errors: &mut Vec<FieldError>, field: &str, raw: &str| {
             codes::country(raw).or_else(|| {
                 errors.push(FieldError::new(
@@ -257,26 +238,71 @@ impl ShipmentInput {
                 None
             })
         };
-        let buyer_country = self
+        let given_country = self
             .buyer_country
             .as_deref()
-            .and_then(|c| country_of(&mut errors, "buyer_country", c));
+            .filter(|c| !c.trim().is_empty());
+        let buyer_country = given_country.and_then(|c| country_of(&mut errors, "buyer_country", c));
+        // The buyer is a business partner of the organization (its record is the buyer's
+        // name; the kernel's partner keeps no country, so one may be given), or a name and a
+        // country given here.
+        let buyer_name = match self.buyer_partner_id {
+            Some(p) => match keel_kernel::partners::store::get(tx, scope, p).await {
+                Ok(partner) => Some(partner.name),
+                Err(StoreError::NotFound) => {
+                    errors.push(FieldError::new(
+                        "buyer_partner_id",
+                        "no such business partner in this organization",
+                    ));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let name = text(&mut errors, "buyer_name", self.buyer_name.as_deref(), 200);
+                if self
+                    .buyer_name
+                    .as_deref()
+                    .is_none_or(|n| n.trim().is_empty())
+                {
+                    errors.push(FieldError::new(
+                        "buyer_name",
+                        "is required without buyer_partner_id",
+                    ));
+                }
+                if given_country.is_none() {
+                    errors.push(FieldError::new(
+                        "buyer_country",
+                        "is required without buyer_partner_id",
+                    ));
+                }
+                name
+            }
+        };
         let destination_country = country_of(
             &mut errors,
             "destination_country",
             &self.destination_country,
         );
-        let port_of_loading = text(
+        let port = |errors: &mut Vec<FieldError>, field: &str, raw: Option<&str>| {
+            let raw = raw.map(str::trim).filter(|p| !p.is_empty())?;
+            codes::locode(raw).or_else(|| {
+                errors.push(FieldError::new(
+                    field,
+                    "must be a UN/LOCODE: a 2-letter country and 3 letters or digits (e.g. INNSA)",
+                ));
+                None
+            })
+        };
+        let port_of_loading = port(
             &mut errors,
             "port_of_loading",
             self.port_of_loading.as_deref(),
-            64,
         );
-        let port_of_discharge = text(
+        let port_of_discharge = port(
             &mut errors,
             "port_of_discharge",
             self.port_of_discharge.as_deref(),
-            64,
         );
         let incoterm = self.incoterm.as_deref().and_then(|i| {
             codes::incoterm(i).map(str::to_string).or_else(|| {
@@ -411,27 +437,24 @@ pub async fn create_shipment(
     Json(body): Json<ShipmentInput>,
 ) -> ApiResult<Response> {
     let (scope, ctx, body) = (&auth.scope(), &ctx, &body);
-    let shipment = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let fields = body.fields(tx, scope).await?;
-                let s = store::insert(tx, scope, &fields, crate::actor_id(scope))
-                    .await
-                    .map_err(reference_taken)?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.shipment.created", "trade.shipment", Some(s.id))
-                        .changes(Changes::created(&s, &[])),
-                )
-                .await?;
-                Ok::<_, ApiError>(s)
-            })
+    let shipment = crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            let fields = body.fields(tx, scope).await?;
+            let s = store::insert(tx, scope, &fields, crate::actor_id(scope))
+                .await
+                .map_err(reference_taken)?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.shipment.created", "trade.shipment", Some(s.id))
+                    .changes(Changes::created(&s, &[])),
+            )
+            .await?;
+            Ok::<_, ApiError>(s)
         })
-        .await?;
-    crate::dashboard::invalidate(&state, scope).await;
+    })
+    .await?;
     Ok((StatusCode::CREATED, location(&shipment), Json(shipment)).into_response())
 }
 
@@ -468,9 +491,7 @@ pub async fn update_shipment(
 ) -> ApiResult<Json<Shipment>> {
     let expected = expected_version(&headers, body.version)?;
     let (scope, ctx, body) = (&auth.scope(), &ctx, &body);
-    let shipment = state
-        .db
-        .transaction(|tx| {
+    let shipment = crate::dashboard::write(&state, scope, |tx| {
             Box::pin(async move {
                 let before = store::get(tx, scope, id).await?;
                 let fields = body.fields(tx, scope).await?;
@@ -510,7 +531,6 @@ pub async fn update_shipment(
             })
         })
         .await?;
-    crate::dashboard::invalidate(&state, scope).await;
     Ok(Json(shipment))
 }
 
@@ -527,33 +547,30 @@ pub async fn delete_shipment(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (scope, ctx) = (&auth.scope(), &ctx);
-    state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if before.status != Status::Draft.as_str() {
-                    return Err(ApiError::conflict(format!(
-                        "only draft shipments can be deleted; this one is {} (cancel it instead)",
-                        before.status
-                    )));
-                }
-                if !store::soft_delete(tx, scope, &before).await? {
-                    return Err(ApiError::conflict("the shipment changed meanwhile; retry"));
-                }
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.shipment.deleted", "trade.shipment", Some(id))
-                        .detail("reference", &before.reference),
-                )
-                .await?;
-                Ok::<_, ApiError>(())
-            })
+    crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if before.status != Status::Draft.as_str() {
+                return Err(ApiError::conflict(format!(
+                    "only draft shipments can be deleted; this one is {} (cancel it instead)",
+                    before.status
+                )));
+            }
+            if !store::soft_delete(tx, scope, &before).await? {
+                return Err(ApiError::conflict("the shipment changed meanwhile; retry"));
+            }
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.shipment.deleted", "trade.shipment", Some(id))
+                    .detail("reference", &before.reference),
+            )
+            .await?;
+            Ok::<_, ApiError>(())
         })
-        .await?;
-    crate::dashboard::invalidate(&state, scope).await;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -566,7 +583,19 @@ pub struct TransitionInput {
     pub reason: Option<String>,
 }
 
-/// Moves a shipment to `to`; 409 names the moves allowed from where it is.
+/// The reason of a transition, trimmed (none when blank).
+fn transition_reason(raw: Option<&str>) -> Result<Option<String>, FieldError> {
+    match raw.map(str::trim) {
+        Some(r) if r.chars().count() > 500 => {
+            Err(FieldError::new("reason", "must be at most 500 characters"))
+        }
+        Some(r) if !r.is_empty() => Ok(Some(r.to_string())),
+        _ => Ok(None),
+    }
+}
+
+/// Moves a shipment to `to`; 409 names the moves allowed from where it is. Every route that
+/// changes a shipment's status (`/transitions` and the per-action routes) comes here.
 async fn transition(
     state: &AppState,
     scope: &TenantScope,
@@ -578,60 +607,51 @@ async fn transition(
 ) -> ApiResult<Json<Shipment>> {
     let body = body.unwrap_or_default();
     let expected = expected_version(headers, body.version)?;
-    let reason = match body.reason.as_deref().map(str::trim) {
-        Some(r) if r.chars().count() > 500 => {
-            return Err(ApiError::invalid_field("reason", "at most 500 characters"));
-        }
-        Some(r) if !r.is_empty() => Some(r.to_string()),
-        _ => None,
-    };
+    let reason =
+        transition_reason(body.reason.as_deref()).map_err(|e| ApiError::validation(vec![e]))?;
     let (reason, expected) = (&reason, &expected);
-    let shipment = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if let Some(v) = version_of(*expected)
-                    && v != before.version
-                {
-                    return Err(stale_for(*expected));
-                }
-                let from = Tally::of(&before)?;
-                if !from.status.can_move_to(to) {
-                    let allowed: Vec<&str> =
-                        from.status.next().iter().map(|s| s.as_str()).collect();
-                    return Err(ApiError::conflict(format!(
-                        "a {} shipment cannot become {}; allowed: {}",
-                        from.status.as_str(),
-                        to.as_str(),
-                        if allowed.is_empty() {
-                            "none (it is closed)".to_string()
-                        } else {
-                            allowed.join(", ")
-                        }
-                    ))
-                    .with_extra("current_status", from.status.as_str())
-                    .with_extra("allowed", allowed));
-                }
-                if !store::set_state(tx, scope, &before, Tally::new(to, from.ebrc), None).await? {
-                    return Err(stale_for(*expected));
-                }
-                let after = store::get(tx, scope, id).await?;
-                let mut event =
-                    NewEvent::new("trade.shipment.status_changed", "trade.shipment", Some(id))
-                        .changes(Changes::diff(&before, &after, &[]))
-                        .detail("reference", &after.reference)
-                        .detail("from", from.status.as_str())
-                        .detail("to", to.as_str());
-                if let Some(r) = reason {
-                    event = event.detail("reason", r);
-                }
-                audit::record(tx, scope, ctx, event).await?;
-                Ok::<_, ApiError>(after)
-            })
+    let shipment = crate::dashboard::write(state, scope, |tx| {
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if let Some(v) = version_of(*expected)
+                && v != before.version
+            {
+                return Err(stale_for(*expected));
+            }
+            let from = Tally::of(&before)?;
+            if !from.status.can_move_to(to) {
+                let allowed: Vec<&str> = from.status.next().iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::conflict(format!(
+                    "a {} shipment cannot become {}; allowed: {}",
+                    from.status.as_str(),
+                    to.as_str(),
+                    if allowed.is_empty() {
+                        "none (it is closed)".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ))
+                .with_extra("current_status", from.status.as_str())
+                .with_extra("allowed", allowed));
+            }
+            if !store::set_state(tx, scope, &before, Tally::new(to, from.ebrc), None).await? {
+                return Err(stale_for(*expected));
+            }
+            let after = store::get(tx, scope, id).await?;
+            let mut event =
+                NewEvent::new("trade.shipment.status_changed", "trade.shipment", Some(id))
+                    .changes(Changes::diff(&before, &after, &[]))
+                    .detail("reference", &after.reference)
+                    .detail("from", from.status.as_str())
+                    .detail("to", to.as_str());
+            if let Some(r) = reason {
+                event = event.detail("reason", r);
+            }
+            audit::record(tx, scope, ctx, event).await?;
+            Ok::<_, ApiError>(after)
         })
-        .await?;
-    crate::dashboard::invalidate(state, scope).await;
+    })
+    .await?;
     Ok(Json(shipment))
 }
 
@@ -683,6 +703,60 @@ transition_route!(
     "Cancels a shipment that is not delivered yet."
 );
 
+/// A move along the lifecycle.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRequest {
+    /// The status to move to: `booked`, `in_transit`, `delivered` or `cancelled` (from
+    /// `draft`, `booked`, `in_transit`, `delivered`, `cancelled`; a move the lifecycle does
+    /// not allow answers 409 naming the allowed ones).
+    pub to: String,
+    /// The version you read (or send `If-Match`); a stale one answers 409.
+    pub version: Option<i64>,
+    /// Why (kept in the audit trail), up to 500 characters.
+    pub reason: Option<String>,
+}
+
+/// Moves a shipment along its lifecycle: `draft → booked → in_transit → delivered`, or to
+/// `cancelled` from any state before `delivered` (the same move as the per-action routes
+/// `/book`, `/dispatch`, `/deliver` and `/cancel`).
+#[utoipa::path(post, path = "/api/v1/trade/shipments/{id}/transitions", tag = "trade",
+    security(("bearer" = ["trade.shipments.write"])),
+    params(("id" = Uuid, Path)),
+    request_body = TransitionRequest,
+    responses((status = 200, body = Shipment), (status = 404, description = "No such shipment"),
+        (status = 409, description = "Not allowed from the current status (the problem lists `current_status` and `allowed`), or a stale version"),
+        (status = 412, description = "Stale If-Match"),
+        (status = 422, description = "`to` is not a status, or `reason` is too long")))]
+pub async fn transition_shipment(
+    State(state): State<AppState>,
+    auth: Authorized<ShipmentsWrite>,
+    ctx: AuditContext,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(body): Json<TransitionRequest>,
+) -> ApiResult<Json<Shipment>> {
+    let mut errors = Vec::new();
+    let to = Status::parse(body.to.trim()).or_else(|| {
+        errors.push(FieldError::new(
+            "to",
+            "must be one of booked, in_transit, delivered, cancelled",
+        ));
+        None
+    });
+    if let Err(e) = transition_reason(body.reason.as_deref()) {
+        errors.push(e);
+    }
+    let Some(to) = to.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    let input = TransitionInput {
+        version: body.version,
+        reason: body.reason,
+    };
+    transition(&state, &auth.scope(), &ctx, id, &headers, Some(input), to).await
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EbrcInput {
@@ -719,48 +793,45 @@ pub async fn set_ebrc(
     };
     let expected = expected_version(&headers, body.version)?;
     let (scope, ctx, expected) = (&auth.scope(), &ctx, &expected);
-    let shipment = state
-        .db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let before = store::get(tx, scope, id).await?;
-                if let Some(v) = version_of(*expected)
-                    && v != before.version
-                {
-                    return Err(stale_for(*expected));
-                }
-                let from = Tally::of(&before)?;
-                if matches!(from.status, Status::Draft | Status::Cancelled) {
-                    return Err(ApiError::conflict(format!(
-                        "a {} shipment has no e-BRC to file",
-                        from.status.as_str()
-                    )));
-                }
-                if from.ebrc == EbrcStatus::Realized {
-                    return Err(ApiError::conflict(
-                        "the e-BRC is realized: payments cover the invoice value",
-                    ));
-                }
-                if from.ebrc == to {
-                    return Ok(before);
-                }
-                if !store::set_state(tx, scope, &before, Tally::new(from.status, to), None).await? {
-                    return Err(stale_for(*expected));
-                }
-                let after = store::get(tx, scope, id).await?;
-                audit::record(
-                    tx,
-                    scope,
-                    ctx,
-                    NewEvent::new("trade.shipment.ebrc_changed", "trade.shipment", Some(id))
-                        .changes(Changes::diff(&before, &after, &[]))
-                        .detail("reference", &after.reference),
-                )
-                .await?;
-                Ok::<_, ApiError>(after)
-            })
+    let shipment = crate::dashboard::write(&state, scope, |tx| {
+        Box::pin(async move {
+            let before = store::get(tx, scope, id).await?;
+            if let Some(v) = version_of(*expected)
+                && v != before.version
+            {
+                return Err(stale_for(*expected));
+            }
+            let from = Tally::of(&before)?;
+            if matches!(from.status, Status::Draft | Status::Cancelled) {
+                return Err(ApiError::conflict(format!(
+                    "a {} shipment has no e-BRC to file",
+                    from.status.as_str()
+                )));
+            }
+            if from.ebrc == EbrcStatus::Realized {
+                return Err(ApiError::conflict(
+                    "the e-BRC is realized: payments cover the invoice value",
+                ));
+            }
+            if from.ebrc == to {
+                return Ok(before);
+            }
+            if !store::set_state(tx, scope, &before, Tally::new(from.status, to), None).await? {
+                return Err(stale_for(*expected));
+            }
+            let after = store::get(tx, scope, id).await?;
+            audit::record(
+                tx,
+                scope,
+                ctx,
+                NewEvent::new("trade.shipment.ebrc_changed", "trade.shipment", Some(id))
+                    .changes(Changes::diff(&before, &after, &[]))
+                    .detail("reference", &after.reference),
+            )
+            .await?;
+            Ok::<_, ApiError>(after)
         })
-        .await?;
-    crate::dashboard::invalidate(&state, scope).await;
+    })
+    .await?;
     Ok(Json(shipment))
 }

@@ -29,7 +29,9 @@ pub struct Shipment {
     pub buyer_country: Option<String>,
     /// ISO 3166-1 alpha-2.
     pub destination_country: String,
+    /// UN/LOCODE, upper case (`INNSA`).
     pub port_of_loading: Option<String>,
+    /// UN/LOCODE, upper case (`DEHAM`).
     pub port_of_discharge: Option<String>,
     /// An Incoterms 2020 rule (`FOB`, `CIF`, …).
     pub incoterm: Option<String>,
@@ -57,6 +59,9 @@ pub struct Shipment {
 }
 
 keel_kernel::keyed!(Shipment { "created_at" => Time(created_at), "reference" => Text(reference) });
+
+/// The sortable fields of the list (and the export); the first is the default (newest first).
+pub const SORTS: [&str; 2] = ["created_at", "reference"];
 
 /// HS codes, stored comma separated (they are digits only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

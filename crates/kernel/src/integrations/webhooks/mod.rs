@@ -226,6 +226,21 @@ pub async fn accept(
     Ok((verified, org_id.map(|o| TenantScope::system(o, "webhook"))))
 }
 
+/// Whether `verified`'s event id from `source` was already accepted, for any organization.
+///
+/// For a sender that serves every organization with one secret (its event ids are unique
+/// across them) and names the organization only inside the body: checking this first lets a
+/// repeat be acknowledged as such before the body is read — even when what it was about is
+/// gone since. [`accept`] still records the id and refuses a repeat racing the first
+/// delivery. Receipts live twice the timestamp tolerance, so the table this reads is small.
+pub async fn already_accepted(
+    db: &Db,
+    source: &str,
+    verified: &VerifiedWebhook,
+) -> Result<bool, StoreError> {
+    store::receipt_exists(db, source, &verified.id).await
+}
+
 /// The body every outgoing delivery carries.
 fn event_payload(event: &AuditEvent) -> serde_json::Value {
     json!({

@@ -620,6 +620,30 @@ pub(crate) async fn insert_receipt(
         > 0)
 }
 
+/// Whether an event id from `source` was received for any organization.
+pub(crate) async fn receipt_exists(
+    db: &Db,
+    source: &str,
+    event_id: &str,
+) -> Result<bool, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Receipt {
+        event_id: String,
+    }
+    let row: Option<Receipt> = db
+        .fetch_optional(
+            &Query::select()
+                .column("event_id")
+                .from("webhook_receipts")
+                .and_where(Expr::col("source").eq(source))
+                .and_where(Expr::col("event_id").eq(event_id))
+                .limit(1)
+                .to_owned(),
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.event_id == event_id))
+}
+
 /// Forgets incoming event ids received before `before` (older timestamps are refused as
 /// stale anyway, so their replays cannot get through).
 pub(crate) async fn prune_receipts(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
