@@ -47,8 +47,8 @@ async fn verify_api(app: &TestApp, who: &Session) -> Value {
 async fn raw(db: &Db, sql: &str) -> Result<u64, sqlx::Error> {
     let sql = sqlx::AssertSqlSafe(sql.to_string());
     match db {
-        Db::Sqlite(pool) => sqlx::raw_sql(sql)
-            .execute(pool)
+        Db::Sqlite(sqlite) => sqlx::raw_sql(sql)
+            .execute(sqlite.pool())
             .await
             .map(|r| r.rows_affected()),
         Db::Postgres(pool) => sqlx::raw_sql(sql)

@@ -59,8 +59,8 @@ async fn scalar(app: &TestApp, sql: &str) -> u64 {
     }
     let sql = sql.to_string();
     let n: N = match &app.state.db {
-        keel_kernel::store::Db::Sqlite(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
+        keel_kernel::store::Db::Sqlite(sqlite) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(sqlite.pool())
             .await
             .expect("count"),
         keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -241,7 +241,9 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
     }
     let sql = "SELECT id FROM trade_documents";
     let doc: Doc = match &app.state.db {
-        keel_kernel::store::Db::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await,
+        keel_kernel::store::Db::Sqlite(sqlite) => {
+            sqlx::query_as(sql).fetch_one(sqlite.pool()).await
+        }
         keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await,
     }
     .expect("a document");

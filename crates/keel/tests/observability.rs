@@ -241,6 +241,9 @@ async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
 
 #[tokio::test]
 async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
+    // This test drives a separate `keel serve` process; its own HTTP client needs the TLS
+    // crypto provider the server installs for itself.
+    keel_kernel::server::install_crypto_provider();
     let (endpoint, bodies) = fake_collector().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));

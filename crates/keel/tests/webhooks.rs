@@ -395,7 +395,9 @@ async fn another_organizations_endpoint_answers_404_and_admins_manage_their_own(
 async fn raw(db: &keel_kernel::store::Db, sql: &str) {
     let sql = sqlx::AssertSqlSafe(sql.to_string());
     match db {
-        keel_kernel::store::Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+        keel_kernel::store::Db::Sqlite(sqlite) => {
+            sqlx::raw_sql(sql).execute(sqlite.pool()).await.map(|_| ())
+        }
         keel_kernel::store::Db::Postgres(pool) => {
             sqlx::raw_sql(sql).execute(pool).await.map(|_| ())
         }

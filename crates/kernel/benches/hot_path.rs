@@ -399,12 +399,12 @@ fn audit(c: &mut Criterion) {
         migrate::run(&db, &registry.migrations())
             .await
             .expect("migrations");
-        if let Db::Sqlite(pool) = &db {
+        if let Db::Sqlite(sqlite) = &db {
             sqlx::raw_sql(
                 "CREATE TABLE bench_items (id BLOB PRIMARY KEY NOT NULL, org_id BLOB NOT NULL, \
                  name TEXT NOT NULL)",
             )
-            .execute(pool)
+            .execute(sqlite.pool())
             .await
             .expect("table");
         }

@@ -80,7 +80,10 @@ async fn seed(db: &Db, org: Uuid) -> anyhow::Result<()> {
     ] {
         let sql = sqlx::AssertSqlSafe(sql);
         match db {
-            Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ())?,
+            Db::Sqlite(sqlite) => sqlx::raw_sql(sql)
+                .execute(sqlite.pool())
+                .await
+                .map(|_| ())?,
             Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ())?,
         }
     }

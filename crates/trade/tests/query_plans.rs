@@ -15,7 +15,8 @@ use sea_query_sqlx::SqlxBinder;
 
 async fn plan(db: &Db, select: &SelectStatement) -> String {
     match db {
-        Db::Sqlite(pool) => {
+        Db::Sqlite(sqlite) => {
+            let pool = sqlite.pool();
             let (sql, values) = select.build_sqlx(SqliteQueryBuilder);
             let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as_with(
                 sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")),
@@ -40,7 +41,10 @@ async fn plan(db: &Db, select: &SelectStatement) -> String {
 
 async fn analyze(db: &Db) {
     match db {
-        Db::Sqlite(pool) => sqlx::query("ANALYZE").execute(pool).await.map(|_| ()),
+        Db::Sqlite(sqlite) => sqlx::query("ANALYZE")
+            .execute(sqlite.pool())
+            .await
+            .map(|_| ()),
         Db::Postgres(pool) => sqlx::query("ANALYZE trade_shipments")
             .execute(pool)
             .await

@@ -90,6 +90,15 @@ fn describe() {
         "keel_db_pool_waits_total",
         "Connection requests that found no idle connection"
     );
+    metrics::describe_histogram!(
+        "keel_db_sqlite_write_wait_seconds",
+        metrics::Unit::Seconds,
+        "SQLite: time a write waited for this node's turn to write"
+    );
+    metrics::describe_counter!(
+        "keel_db_sqlite_write_waits_total",
+        "SQLite: writes that found another write of this node in progress"
+    );
     metrics::describe_gauge!(
         "keel_circuit_breaker_state",
         "Outbound circuit breaker state by service: 0 closed, 1 open, 2 half-open"

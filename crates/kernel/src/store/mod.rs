@@ -25,6 +25,7 @@ pub use unit::{RetryPolicy, Savepoint, UnitOfWork};
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -140,8 +141,64 @@ impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, 
 /// A connection pool on one of the two engines.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
+}
+
+/// SQLite: the pool, and the node's write gate.
+///
+/// SQLite lets one writer in at a time. Left to itself, a connection that finds the write
+/// lock taken sleeps in its busy handler (1, 2, 5 … 100 ms) and tries again, so under
+/// concurrent writes the lock sits idle while writers sleep, latecomers overtake, and
+/// latency grows into seconds (a 1,000-user mix with 30 % writes measured a p95 of 15 s).
+/// Instead, every write on this node first queues for the gate, a fair (FIFO) async mutex,
+/// and takes SQLite's write lock only when it is its turn: writers follow each other with
+/// no sleep in between, and readers (WAL) are never held up. Another process writing to
+/// the same file is still waited for by the busy handler (`database.sqlite_busy_timeout_ms`).
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    pool: SqlitePool,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    gate_timeout: Duration,
+}
+
+impl SqliteDb {
+    pub fn new(pool: SqlitePool, gate_timeout: Duration) -> Self {
+        Self {
+            pool,
+            gate: Arc::default(),
+            gate_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Waits for this node's turn to write, as long as the busy timeout allows; a wait that
+    /// runs out is contention, as SQLite's own `SQLITE_BUSY` would be.
+    async fn write_turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, StoreError> {
+        let started = Instant::now();
+        let waited = self.gate.try_lock().is_err();
+        match tokio::time::timeout(self.gate_timeout, self.gate.clone().lock_owned()).await {
+            Ok(guard) => {
+                stats::write_turn_taken(started, waited);
+                Ok(guard)
+            }
+            Err(_) => Err(StoreError::Contention(sqlx::Error::Protocol(format!(
+                "waited {} ms for this node's turn to write to SQLite",
+                self.gate_timeout.as_millis()
+            )))),
+        }
+    }
+}
+
+impl std::ops::Deref for SqliteDb {
+    type Target = SqlitePool;
+
+    fn deref(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 /// Pool figures for health and metrics.
@@ -157,10 +214,17 @@ pub struct PoolStats {
 macro_rules! dispatch {
     ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {{
         let (op, started, result) = match $self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(db) => {
                 let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
                 let op = stats::operation_name(&$sql);
-                let mut conn = acquire(pool).await?;
+                // A statement outside a transaction that writes (`UPDATE … RETURNING` through
+                // a fetch too) waits for the write gate; reads go straight to the pool.
+                let _turn = if stats::is_read(op) {
+                    None
+                } else {
+                    Some(db.write_turn().await?)
+                };
+                let mut conn = acquire(db.pool()).await?;
                 let started = Instant::now();
                 let $ex = &mut *conn;
                 (op, started, $body)
@@ -263,7 +327,10 @@ impl Db {
                     .acquire_timeout(acquire)
                     .connect_with(options)
                     .await?;
-                Ok(Db::Sqlite(pool))
+                Ok(Db::Sqlite(SqliteDb::new(
+                    pool,
+                    Duration::from_millis(db.sqlite_busy_timeout_ms),
+                )))
             }
             DatabaseKind::Postgres => {
                 let mut options = PgConnectOptions::from_str(&url)
@@ -297,8 +364,8 @@ impl Db {
     /// The SQLite database file, when on SQLite with a file.
     pub fn sqlite_file(&self) -> Option<PathBuf> {
         match self {
-            Db::Sqlite(pool) => {
-                let path = pool.connect_options().get_filename().to_path_buf();
+            Db::Sqlite(db) => {
+                let path = db.connect_options().get_filename().to_path_buf();
                 (!path.as_os_str().is_empty() && path.as_os_str() != ":memory:").then_some(path)
             }
             Db::Postgres(_) => None,
@@ -309,8 +376,8 @@ impl Db {
     pub async fn ping(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();
         match self {
-            Db::Sqlite(pool) => {
-                sqlx::raw_sql("SELECT 1").execute(pool).await?;
+            Db::Sqlite(db) => {
+                sqlx::raw_sql("SELECT 1").execute(db.pool()).await?;
             }
             Db::Postgres(pool) => {
                 sqlx::raw_sql("SELECT 1").execute(pool).await?;
@@ -337,14 +404,18 @@ impl Db {
     /// Starts a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// a transaction that reads and then writes cannot fail half-way on a lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        // The wait covers the pool and, on SQLite, the write lock `BEGIN IMMEDIATE` queues for.
+        // On SQLite the node's write turn comes first (see [`SqliteDb`]), then a connection.
+        let turn = match self {
+            Db::Sqlite(db) => Some(db.write_turn().await?),
+            Db::Postgres(_) => None,
+        };
         let waited = match self {
-            Db::Sqlite(pool) => pool.num_idle() == 0,
+            Db::Sqlite(db) => db.num_idle() == 0,
             Db::Postgres(pool) => pool.num_idle() == 0,
         };
         let started = Instant::now();
         let conn = match self {
-            Db::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Sqlite(db) => TxConn::Sqlite(db.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
         };
         stats::acquired("transaction", started, waited);
@@ -353,6 +424,7 @@ impl Db {
             contention: false,
             after_commit: Vec::new(),
             savepoints: 0,
+            _turn: turn,
         })
     }
 
@@ -417,7 +489,7 @@ impl Db {
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(db) => db.close().await,
             Db::Postgres(pool) => pool.close().await,
         }
     }
@@ -432,6 +504,9 @@ pub struct Tx {
     contention: bool,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
     savepoints: u32,
+    /// SQLite: this node's write turn, held until the transaction ends (declared after
+    /// `conn`, so a dropped transaction rolls back before the next writer is let in).
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 enum TxConn {
@@ -454,12 +529,16 @@ impl Tx {
     /// Commits, then runs the [`Tx::after_commit`] hooks (only if the commit succeeded).
     pub async fn commit(self) -> Result<(), StoreError> {
         let Tx {
-            conn, after_commit, ..
+            conn,
+            after_commit,
+            _turn,
+            ..
         } = self;
         match conn {
             TxConn::Sqlite(tx) => tx.commit().await?,
             TxConn::Postgres(tx) => tx.commit().await?,
         }
+        drop(_turn);
         for hook in after_commit {
             hook();
         }

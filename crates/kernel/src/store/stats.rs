@@ -98,6 +98,20 @@ pub(crate) fn operation_name(sql: &str) -> &'static str {
     }
 }
 
+/// Whether an operation only reads (it may then run beside SQLite's one writer).
+pub(crate) fn is_read(op: &str) -> bool {
+    op == "select" || op.starts_with("select ") || op == "with" || op.starts_with("with ")
+}
+
+/// Records a SQLite writer's wait for this node's write turn (`database.sqlite_*`).
+pub(crate) fn write_turn_taken(started: Instant, waited: bool) {
+    let elapsed = started.elapsed();
+    metrics::histogram!("keel_db_sqlite_write_wait_seconds").record(elapsed.as_secs_f64());
+    if waited {
+        metrics::counter!("keel_db_sqlite_write_waits_total").increment(1);
+    }
+}
+
 /// Records a finished query.
 pub(crate) fn query_finished(op: &'static str, started: Instant, ok: bool) {
     let elapsed = started.elapsed();
@@ -163,7 +177,7 @@ pub fn operations() -> Vec<(&'static str, LatencySummary)> {
 
 #[cfg(test)]
 mod tests {
-    use super::operation_name;
+    use super::{is_read, operation_name};
 
     #[test]
     fn queries_are_named_by_verb_and_table_never_by_values() {
@@ -193,5 +207,24 @@ mod tests {
             operation_name("SELECT 1 FROM \"a\""),
             operation_name("SELECT 2 FROM \"a\"")
         ));
+    }
+
+    #[test]
+    fn reads_are_told_from_writes_by_their_operation() {
+        for sql in [
+            r#"SELECT "id" FROM "keel_orgs""#,
+            "SELECT 1",
+            r#"WITH "t" AS (SELECT 1) SELECT * FROM "t""#,
+        ] {
+            assert!(is_read(operation_name(sql)), "{sql}");
+        }
+        for sql in [
+            r#"INSERT INTO "a" ("id") VALUES (?)"#,
+            r#"UPDATE "keel_jobs" SET "state" = ? RETURNING "id""#,
+            r#"DELETE FROM "a""#,
+            r#"SELECTED"#,
+        ] {
+            assert!(!is_read(operation_name(sql)), "{sql}");
+        }
     }
 }
