@@ -44,17 +44,17 @@ async fn verify_api(app: &TestApp, who: &Session) -> Value {
 }
 
 /// Runs SQL written for the engine in use, outside the store (as an intruder would).
-async fn raw(db: &Db, sql: &str) -> Result<u64, sqlx::Error> {
-    let sql = sqlx::AssertSqlSafe(sql.to_string());
+async fn raw(db: &Db, sql: &str) -> Result<u64, String> {
     match db {
-        Db::Sqlite(sqlite) => sqlx::raw_sql(sql)
-            .execute(sqlite.pool())
+        Db::Sqlite(sqlite) => sqlite
+            .with_connection(|c| c.execute_batch(sql).map(|()| c.changes()))
             .await
-            .map(|r| r.rows_affected()),
-        Db::Postgres(pool) => sqlx::raw_sql(sql)
+            .map_err(|e| e.to_string()),
+        Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
             .execute(pool)
             .await
-            .map(|r| r.rows_affected()),
+            .map(|r| r.rows_affected())
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -853,7 +853,7 @@ async fn insert_item(tx: &mut keel_kernel::store::Tx, name: &str) -> Result<(), 
 }
 
 async fn item_exists(db: &Db, name: &str) -> bool {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         #[allow(dead_code)]
         name: String,

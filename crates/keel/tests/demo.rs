@@ -53,20 +53,23 @@ async fn count(app: &TestApp, filter: &str) -> u64 {
 
 /// A query's one `n` (a count).
 async fn scalar(app: &TestApp, sql: &str) -> u64 {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct N {
         n: i64,
     }
-    let sql = sql.to_string();
     let n: N = match &app.state.db {
-        keel_kernel::store::Db::Sqlite(sqlite) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(sqlite.pool())
-            .await
-            .expect("count"),
-        keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .expect("count"),
+        keel_kernel::store::Db::Sqlite(sqlite) => N {
+            n: sqlite
+                .with_connection(|c| c.query_row(sql, [], |r| r.get(0)))
+                .await
+                .expect("count"),
+        },
+        keel_kernel::store::Db::Postgres(pool) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+                .fetch_one(pool)
+                .await
+                .expect("count")
+        }
     };
     u64::try_from(n.n).unwrap_or(0)
 }
@@ -235,16 +238,23 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
         documents, 6,
         "an invoice and a shipping bill for three shipments"
     );
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Doc {
         id: uuid::Uuid,
     }
     let sql = "SELECT id FROM trade_documents";
     let doc: Doc = match &app.state.db {
-        keel_kernel::store::Db::Sqlite(sqlite) => {
-            sqlx::query_as(sql).fetch_one(sqlite.pool()).await
-        }
-        keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await,
+        keel_kernel::store::Db::Sqlite(sqlite) => sqlite
+            .with_connection(|c| c.query_row(sql, [], |r| r.get::<_, Vec<u8>>(0)))
+            .await
+            .map(|b| Doc {
+                id: uuid::Uuid::from_slice(&b).expect("a uuid"),
+            })
+            .map_err(|e| e.to_string()),
+        keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sql)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| e.to_string()),
     }
     .expect("a document");
     let r = app

@@ -89,7 +89,7 @@ async fn node(db: Option<Arc<TestDb>>, active: &'static str, previous: &[&'stati
     b.spawn().await.expect("server starts")
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 struct VaultRow {
     account_number: Option<Sealed>,
     account_number_bidx: Option<String>,
@@ -166,7 +166,7 @@ async fn open_number(app: &TestApp, scope: &TenantScope, id: Uuid) -> Result<Str
 
 /// Finds a row by account number through its blind index (any key of the ring).
 async fn find_by_number(app: &TestApp, scope: &TenantScope, number: &str) -> Vec<Uuid> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Id {
         id: Uuid,
     }
@@ -228,7 +228,7 @@ fn current_code(secret_b32: &str) -> String {
 }
 
 async fn audit_count(app: &TestApp, action: &str) -> i64 {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct N {
         n: i64,
     }

@@ -318,7 +318,7 @@ async fn wait_for_state(db: &Db, id: Uuid, state: JobState) -> Job {
 }
 
 async fn count_effects(db: &Db, label: &str, kind: &str) -> u64 {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }
@@ -333,7 +333,7 @@ async fn count_effects(db: &Db, label: &str, kind: &str) -> u64 {
 }
 
 async fn count_done(db: &Db, label: &str) -> u64 {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }

@@ -591,13 +591,15 @@ async fn sms_goes_to_a_twilio_compatible_provider_and_a_bad_moment_is_retried() 
     );
     // The stored number is encrypted at rest.
     let raw: Vec<u8> = match &app.state.db {
-        keel_kernel::store::Db::Sqlite(p) => {
-            sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
-                .fetch_one(p.pool())
-                .await
-                .expect("row")
-                .into_bytes()
-        }
+        keel_kernel::store::Db::Sqlite(p) => p
+            .with_connection(|c| {
+                c.query_row("SELECT sms_number FROM notification_contacts", [], |r| {
+                    r.get::<_, String>(0)
+                })
+            })
+            .await
+            .expect("row")
+            .into_bytes(),
         keel_kernel::store::Db::Postgres(p) => {
             sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
                 .fetch_one(p)

@@ -393,13 +393,17 @@ async fn another_organizations_endpoint_answers_404_and_admins_manage_their_own(
 /// Runs SQL outside the store, as someone with database access (or a row from before a
 /// configuration change) would.
 async fn raw(db: &keel_kernel::store::Db, sql: &str) {
-    let sql = sqlx::AssertSqlSafe(sql.to_string());
     match db {
-        keel_kernel::store::Db::Sqlite(sqlite) => {
-            sqlx::raw_sql(sql).execute(sqlite.pool()).await.map(|_| ())
-        }
+        keel_kernel::store::Db::Sqlite(sqlite) => sqlite
+            .with_connection(|c| c.execute_batch(sql))
+            .await
+            .map_err(|e| e.to_string()),
         keel_kernel::store::Db::Postgres(pool) => {
-            sqlx::raw_sql(sql).execute(pool).await.map(|_| ())
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
     }
     .expect("raw sql");

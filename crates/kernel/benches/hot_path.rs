@@ -400,13 +400,15 @@ fn audit(c: &mut Criterion) {
             .await
             .expect("migrations");
         if let Db::Sqlite(sqlite) = &db {
-            sqlx::raw_sql(
-                "CREATE TABLE bench_items (id BLOB PRIMARY KEY NOT NULL, org_id BLOB NOT NULL, \
-                 name TEXT NOT NULL)",
-            )
-            .execute(sqlite.pool())
-            .await
-            .expect("table");
+            sqlite
+                .with_connection(|c| {
+                    c.execute_batch(
+                        "CREATE TABLE bench_items (id BLOB PRIMARY KEY NOT NULL, \
+                         org_id BLOB NOT NULL, name TEXT NOT NULL)",
+                    )
+                })
+                .await
+                .expect("table");
         }
         db
     });

@@ -30,7 +30,7 @@ use uuid::Uuid;
 const ROWS: usize = 100_000;
 const SECONDS: u64 = 5;
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 #[allow(dead_code)]
 struct Row {
     id: Uuid,
@@ -40,7 +40,7 @@ struct Row {
     created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct Count {
     n: i64,
 }
@@ -78,13 +78,12 @@ async fn seed(db: &Db, org: Uuid) -> anyhow::Result<()> {
              n BIGINT NOT NULL, PRIMARY KEY (org_id, dimension))"
         ),
     ] {
-        let sql = sqlx::AssertSqlSafe(sql);
         match db {
-            Db::Sqlite(sqlite) => sqlx::raw_sql(sql)
-                .execute(sqlite.pool())
+            Db::Sqlite(sqlite) => sqlite.with_connection(|c| c.execute_batch(&sql)).await?,
+            Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
                 .await
                 .map(|_| ())?,
-            Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ())?,
         }
     }
     let base = Utc::now();

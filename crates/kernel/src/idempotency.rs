@@ -46,7 +46,7 @@ struct Stored {
     body: String,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 struct Row {
     request_hash: String,
     state: String,

@@ -132,7 +132,7 @@ impl Module for KernelModule {
 
 /// Records this installation's identity on first start; returns it.
 pub async fn ensure_installation(db: &Db) -> Result<Uuid, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         id: Uuid,
     }

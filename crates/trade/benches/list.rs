@@ -88,7 +88,7 @@ fn list(c: &mut Criterion) {
     });
     group.bench_function("page_with_count", |b| {
         b.to_async(&rt).iter(|| async {
-            #[derive(sqlx::FromRow)]
+            #[derive(sqlx::FromRow, serde::Deserialize)]
             struct N {
                 n: i64,
             }

@@ -184,7 +184,7 @@ async fn overdue(
         .add(Expr::col("ebrc_status").ne(EbrcStatus::Realized.as_str()))
         // As the overdue job: drafts and cancelled shipments have no e-BRC falling due.
         .add(Expr::col("status").is_in(Status::exported()));
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }

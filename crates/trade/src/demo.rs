@@ -415,7 +415,7 @@ async fn seed_rates(
     rng: &mut impl Rng,
 ) -> anyhow::Result<u64> {
     use sea_query::ExprTrait as _;
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Currency {
         currency: String,
     }

@@ -105,7 +105,7 @@ pub struct Summary {
     pub unconverted: Vec<Unconverted>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 struct Row {
     id: Uuid,
     reference: String,

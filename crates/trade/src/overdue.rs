@@ -101,7 +101,7 @@ pub async fn mark_overdue(ctx: JobContext, job: MarkOverdue) -> Result<OverdueRe
 async fn organizations_with_open_ebrc(
     db: &Db,
 ) -> Result<Vec<Uuid>, keel_kernel::store::StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Org {
         org_id: Uuid,
     }

@@ -167,7 +167,7 @@ async fn bank_details_are_encrypted_at_rest_and_masked_in_lists() {
     let id = id_of(&created);
 
     // The columns hold ciphertext only.
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Raw {
         bank_reference: String,
         account_number: String,

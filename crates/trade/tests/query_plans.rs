@@ -10,45 +10,23 @@ use keel_kernel::store::Db;
 use keel_kernel::tenancy::TenantScope;
 use keel_trade::shipments::store::{Filter, page_query};
 use keel_trade::shipments::{EbrcStatus, Status};
-use sea_query::{PostgresQueryBuilder, SelectStatement, SqliteQueryBuilder};
-use sea_query_sqlx::SqlxBinder;
+use sea_query::SelectStatement;
 
 async fn plan(db: &Db, select: &SelectStatement) -> String {
-    match db {
-        Db::Sqlite(sqlite) => {
-            let pool = sqlite.pool();
-            let (sql, values) = select.build_sqlx(SqliteQueryBuilder);
-            let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as_with(
-                sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")),
-                values,
-            )
-            .fetch_all(pool)
-            .await
-            .expect("explain");
-            rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
-        }
-        Db::Postgres(pool) => {
-            let (sql, values) = select.build_sqlx(PostgresQueryBuilder);
-            let rows: Vec<(String,)> =
-                sqlx::query_as_with(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")), values)
-                    .fetch_all(pool)
-                    .await
-                    .expect("explain");
-            rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n")
-        }
-    }
+    db.query_plan(select).await.expect("explain")
 }
 
 async fn analyze(db: &Db) {
     match db {
-        Db::Sqlite(sqlite) => sqlx::query("ANALYZE")
-            .execute(sqlite.pool())
+        Db::Sqlite(sqlite) => sqlite
+            .with_connection(|c| c.execute_batch("ANALYZE"))
             .await
-            .map(|_| ()),
+            .map_err(|e| e.to_string()),
         Db::Postgres(pool) => sqlx::query("ANALYZE trade_shipments")
             .execute(pool)
             .await
-            .map(|_| ()),
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
     .expect("analyze");
 }

@@ -27,7 +27,7 @@ use crate::store::{Db, StoreError, Tx, now};
 /// Rows read per round trip while verifying.
 const VERIFY_PAGE: u64 = 500;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct Head {
     pub seq: i64,
     pub hash: String,
@@ -242,7 +242,7 @@ async fn page(db: &Db, org_id: Uuid, after: i64, upto: i64) -> Result<Vec<EventR
 
 /// The organizations that have a chain (the platform chain included).
 pub async fn chains(db: &Db) -> Result<Vec<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Org {
         org_id: Uuid,
     }

@@ -374,7 +374,7 @@ pub struct AuditEvent {
 }
 
 /// The stored row.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct EventRow {
     pub id: Uuid,
     pub org_id: Uuid,

@@ -152,7 +152,7 @@ pub(crate) async fn enqueue(tx: &mut Tx, event: &AuditEvent) -> Result<(), Store
     Ok(())
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 struct Message {
     id: Uuid,
     payload: String,

@@ -54,12 +54,12 @@ pub struct PruneReport {
     pub outbox_deleted: u64,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct MinSeq {
     seq: Option<i64>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct HashRow {
     hash: String,
 }

@@ -65,7 +65,7 @@ pub struct Revocation {
     pub until: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct Row {
     kind: String,
     subject: Uuid,

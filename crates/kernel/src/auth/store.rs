@@ -117,7 +117,7 @@ pub async fn get_org_tx(tx: &mut Tx, id: Uuid) -> Result<Organization, StoreErro
 }
 
 pub async fn org_exists(db: &Db, id: Uuid) -> Result<bool, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct One {
         #[allow(dead_code)]
         id: Uuid,
@@ -195,7 +195,7 @@ impl UserStatus {
 }
 
 /// A user row, with the secrets that never leave the store layer.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct UserRow {
     pub id: Uuid,
     pub org_id: Uuid,
@@ -305,7 +305,7 @@ fn select_users() -> SelectStatement {
 }
 
 pub async fn count_users(db: &Db) -> Result<i64, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }
@@ -416,7 +416,7 @@ pub fn escape_like(s: &str) -> String {
 }
 
 pub async fn count_where(db: &Db, table: &'static str, cond: Cond) -> Result<u64, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }
@@ -459,7 +459,7 @@ pub async fn update_user(
 // ---------------------------------------------------------------------------------------
 // Sessions
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct SessionRow {
     pub id: Uuid,
     pub org_id: Uuid,
@@ -546,7 +546,7 @@ pub async fn session_by_refresh_hash(
 
 /// The session a refresh token (current or rotated away) belongs to, without locking.
 pub async fn session_of_refresh_hash(db: &Db, hash: &str) -> Result<Option<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Id {
         id: Uuid,
     }
@@ -579,7 +579,7 @@ pub async fn session_by_old_refresh_hash(
     tx: &mut Tx,
     hash: &str,
 ) -> Result<Option<SessionRow>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Hist {
         session_id: Uuid,
     }
@@ -652,7 +652,7 @@ pub async fn revoke_sessions(
     keep: Option<Uuid>,
     reason: &str,
 ) -> Result<Vec<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Id {
         id: Uuid,
     }
@@ -744,7 +744,7 @@ pub async fn consume_email_token(
     purpose: &str,
     token_hash: &str,
 ) -> Result<Option<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Tok {
         id: Uuid,
         user_id: Uuid,
@@ -924,7 +924,7 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 struct ApiKeyRow {
     id: Uuid,
     name: String,
@@ -1053,7 +1053,7 @@ pub async fn revoke_api_key(
     scope: &TenantScope,
     id: Uuid,
 ) -> Result<Option<String>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct H {
         key_hash: String,
     }
@@ -1084,7 +1084,7 @@ pub async fn revoke_api_key(
 
 /// Live API keys a user created (to revoke them when the user is deactivated).
 pub async fn api_keys_of_user(tx: &mut Tx, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Id {
         id: Uuid,
     }
@@ -1102,7 +1102,7 @@ pub async fn api_keys_of_user(tx: &mut Tx, user_id: Uuid) -> Result<Vec<Uuid>, S
 }
 
 pub async fn api_key_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         id: Uuid,
         org_id: Uuid,
@@ -1171,7 +1171,7 @@ pub async fn touch_api_key(db: &Db, id: Uuid) -> Result<(), StoreError> {
 // ---------------------------------------------------------------------------------------
 // Brute-force counters
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct FailureRow {
     pub subject: String,
     pub failures: i64,
@@ -1265,7 +1265,7 @@ pub async fn insert_mfa_challenge(
     Ok(())
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct MfaChallenge {
     pub id: Uuid,
     pub user_id: Uuid,

@@ -166,7 +166,7 @@ pub struct ColumnStatus {
 }
 
 /// One row of `key_rotation_progress`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, serde::Deserialize)]
 pub struct Progress {
     pub target_kid: String,
     pub table_name: String,
@@ -199,7 +199,7 @@ impl KeyStatus {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct KidCount {
     kid: String,
     n: i64,
@@ -323,7 +323,7 @@ impl RotateReport {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct RotRow {
     id: Uuid,
     org: Uuid,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::store::{Db, StoreError, Tx, now};
 use crate::tenancy::TenantScope;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct Row {
     pub id: Uuid,
     pub org_id: Uuid,
@@ -17,7 +17,9 @@ pub struct Row {
     pub job_id: Option<Uuid>,
     pub engine: Option<String>,
     pub confidence: Option<f64>,
+    #[serde(deserialize_with = "crate::store::json_column_opt")]
     pub result: Option<serde_json::Value>,
+    #[serde(deserialize_with = "crate::store::json_column_opt")]
     pub corrected: Option<serde_json::Value>,
     pub failure_reason: Option<String>,
     pub reviewed_by: Option<Uuid>,

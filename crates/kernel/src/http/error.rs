@@ -261,7 +261,7 @@ impl From<StoreError> for ApiError {
                 let mut err =
                     ApiError::service_unavailable("the database is unavailable; retry shortly")
                         .with_header(header::RETRY_AFTER, 1);
-                err.source = Some(source.into());
+                err.source = Some(anyhow::Error::from_boxed(source));
                 err
             }
             StoreError::Contention(source) => {
@@ -269,7 +269,7 @@ impl From<StoreError> for ApiError {
                     "the database is busy with conflicting changes; retry shortly",
                 )
                 .with_header(header::RETRY_AFTER, 1);
-                err.source = Some(source.into());
+                err.source = Some(anyhow::Error::from_boxed(source));
                 err
             }
             StoreError::Other(source) => ApiError::internal(source),

@@ -621,7 +621,7 @@ fn cache_key(scope: &TenantScope, provider: &dyn LlmProvider, request: &LlmReque
     hex::encode(Sha256::digest(material.to_string().as_bytes()))
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 struct CacheRow {
     response: String,
     model: String,
@@ -760,7 +760,7 @@ pub async fn cache_stats(
     scope: &TenantScope,
     enabled: bool,
 ) -> Result<CacheStats, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         entries: i64,
         hits: i64,

@@ -120,7 +120,7 @@ impl Ticker {
 }
 
 /// Who leads the scheduler now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, serde::Deserialize)]
 pub struct SchedulerLeader {
     /// The runtime id of the leading node (its node id for `keel serve`).
     pub holder: Uuid,
@@ -177,7 +177,7 @@ pub struct ScheduleRun {
     pub error: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct RunRow {
     id: Uuid,
     schedule: String,
@@ -270,7 +270,7 @@ async fn try_lead(
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if *row_exists {
         // Followers look before they write: a held lease needs no write lock to be refused.
-        #[derive(sqlx::FromRow)]
+        #[derive(sqlx::FromRow, serde::Deserialize)]
         struct Held {
             holder: Option<Uuid>,
             expires_at: DateTime<Utc>,
@@ -353,7 +353,7 @@ async fn baselines(
     db: &Db,
     schedules: &[(ScheduleDefinition, Ticker)],
 ) -> Result<HashMap<&'static str, DateTime<Utc>>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         name: String,
         first_seen_at: DateTime<Utc>,
@@ -406,7 +406,7 @@ async fn fire(
     ticker: &Ticker,
     due: DateTime<Utc>,
 ) -> Result<Fired, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Progress {
         first_seen_at: DateTime<Utc>,
         last_tick_at: Option<DateTime<Utc>>,

@@ -122,16 +122,17 @@ impl TryFrom<String> for JobState {
 
 /// A job as the API shows it. Serialised with the API's names: `status` for the state and
 /// `error` for the last error.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, serde::Deserialize)]
 pub struct Job {
     pub id: Uuid,
     /// The organization it works for; `None` for platform jobs.
     pub org_id: Option<Uuid>,
     pub queue: String,
     pub job_type: String,
+    #[serde(deserialize_with = "crate::store::json_column")]
     pub payload: serde_json::Value,
     pub priority: i32,
-    #[serde(rename = "status")]
+    #[serde(rename(serialize = "status"))]
     #[sqlx(try_from = "String")]
     pub state: JobState,
     /// Attempts started so far (a worker that died mid-job counts).
@@ -139,8 +140,9 @@ pub struct Job {
     pub max_attempts: i32,
     /// Not before this time (for a queued job: its first run, or its next retry).
     pub run_at: DateTime<Utc>,
-    #[serde(rename = "error")]
+    #[serde(rename(serialize = "error"))]
     pub last_error: Option<String>,
+    #[serde(deserialize_with = "crate::store::json_column_opt")]
     pub result: Option<serde_json::Value>,
     /// The worker (node or `keel worker` process) holding the job while it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -285,7 +287,7 @@ pub async fn list(
 
     let total = match offset {
         Some(_) => {
-            #[derive(sqlx::FromRow)]
+            #[derive(sqlx::FromRow, serde::Deserialize)]
             struct Count {
                 n: i64,
             }
@@ -450,11 +452,12 @@ pub(crate) async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(), StoreErr
 }
 
 /// A job a worker claimed.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct Claimed {
     pub id: Uuid,
     pub org_id: Option<Uuid>,
     pub job_type: String,
+    #[serde(deserialize_with = "crate::store::json_column")]
     pub payload: serde_json::Value,
     /// Including this one.
     pub attempts: i32,
@@ -562,7 +565,7 @@ pub(crate) async fn heartbeat(
     ids: &[Uuid],
     lease: Duration,
 ) -> Result<Vec<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Id {
         id: Uuid,
     }
@@ -769,13 +772,13 @@ pub struct QueueStats {
 
 /// The backlog of every queue that has unfinished, dead or failed jobs.
 pub async fn queue_stats(db: &Db) -> Result<Vec<QueueStats>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct ByState {
         queue: String,
         state: String,
         n: i64,
     }
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Due {
         queue: String,
         n: i64,

@@ -50,7 +50,7 @@ pub struct Notification {
     pub deliveries: Vec<Delivery>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct Row {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -110,7 +110,7 @@ pub(crate) async fn user_in_org(
     scope: &TenantScope,
     user_id: Uuid,
 ) -> Result<bool, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Rec {
         #[allow(dead_code)]
         id: Uuid,
@@ -276,10 +276,11 @@ async fn deliveries_of(
     scope: &TenantScope,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<Delivery>>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Rec {
         notification_id: Uuid,
         #[sqlx(flatten)]
+        #[serde(flatten)]
         d: Delivery,
     }
     let mut out: HashMap<Uuid, Vec<Delivery>> = HashMap::new();
@@ -472,7 +473,7 @@ pub(crate) async fn preferences_of(
     user_id: Uuid,
     kind: Option<&str>,
 ) -> Result<HashMap<(String, DeliveryChannel), bool>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Rec {
         kind: String,
         channel: String,
@@ -547,7 +548,7 @@ pub(crate) async fn sms_number(
     user_id: Uuid,
     keys: &KeyRing,
 ) -> Result<Option<String>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Rec {
         sms_number: Option<String>,
     }
@@ -609,7 +610,7 @@ pub(crate) async fn user_email(
     scope: &TenantScope,
     user_id: Uuid,
 ) -> Result<String, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Rec {
         email: String,
     }

@@ -14,7 +14,7 @@ use crate::store::{Db, StoreError, Tx, now};
 /// locked until `tx` ends, so numbers commit in order and without gaps (a rollback returns
 /// its number); SQLite's write lock does the same.
 pub(crate) async fn next_seq(tx: &mut Tx, org_id: Uuid) -> Result<i64, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         last_seq: i64,
     }
@@ -86,7 +86,7 @@ pub(crate) async fn published_from(
     source: Uuid,
     channel: &str,
 ) -> Result<bool, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         #[allow(dead_code)]
         seq: i64,
@@ -115,7 +115,7 @@ pub(crate) async fn current_seq(db: &Db, org_id: Uuid) -> Result<i64, StoreError
 }
 
 pub(crate) async fn current_seqs(db: &Db, orgs: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         org_id: Uuid,
         last_seq: i64,
@@ -136,7 +136,7 @@ pub(crate) async fn current_seqs(db: &Db, orgs: &[Uuid]) -> Result<HashMap<Uuid,
     Ok(out)
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct MessageRow {
     seq: i64,
     channel: String,
@@ -190,7 +190,7 @@ pub(crate) async fn messages_after(
 }
 
 /// A ticket's holder, as recorded when it was issued.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct TicketRow {
     pub org_id: Uuid,
     pub user_id: Uuid,
@@ -277,7 +277,7 @@ pub struct Pruned {
 
 /// Removes messages older than the retention window and expired tickets.
 pub async fn prune(db: &Db, retention_secs: u64) -> Result<Pruned, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Row {
         org_id: Uuid,
     }

@@ -11,11 +11,11 @@ use crate::store::{Db, StoreError, Tx, now};
 use crate::tenancy::TenantScope;
 
 /// A stored file.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow, serde::Deserialize)]
 pub struct StoredFile {
     /// The content's SHA-256 (hex): the file's address inside its organization.
     pub sha256: String,
-    #[serde(skip)]
+    #[serde(skip_serializing)]
     pub org_id: Uuid,
     pub size: i64,
     /// `pdf`, `png`, `jpeg`, `webp` or `gif`, from the content.

@@ -123,7 +123,7 @@ pub struct MigrationStatus {
     pub applied_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 struct AppliedRow {
     module: String,
     version: i64,

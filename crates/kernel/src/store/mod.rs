@@ -1,14 +1,17 @@
 //! The store: one handle over SQLite (embedded) or PostgreSQL (scale-out).
 //!
 //! Every query is written once with `sea-query` and rendered for the backend in use, so
-//! nothing above this module knows which engine it runs on. Rows decode into types that
-//! implement `sqlx::FromRow` for both engines (`#[derive(sqlx::FromRow)]` does that when
-//! every field type decodes on both).
+//! nothing above this module knows which engine it runs on. PostgreSQL runs through sqlx;
+//! SQLite through rusqlite, each statement executed where it is awaited (see [`sqlite`] for
+//! why). A row type decodes on both: it derives `sqlx::FromRow` (PostgreSQL) and
+//! `serde::Deserialize` (SQLite), its fields named as its columns.
 //!
 //! Conventions every table follows so both engines agree:
 //! - ids are UUIDs (a 16-byte BLOB on SQLite, `uuid` on PostgreSQL);
 //! - timestamps are `DateTime<Utc>` truncated to microseconds ([`now`]); SQLite stores them
 //!   as RFC 3339 text whose lexical order is their time order;
+//! - JSON is `jsonb` on PostgreSQL and text on SQLite (a `serde_json::Value` field decodes
+//!   with [`json_column`]);
 //! - text comparisons that must ignore case use `lower()` on both sides.
 //!
 //! Units of work: [`Db::transaction`] runs a closure in a transaction and runs it again when
@@ -18,14 +21,15 @@
 //! once the transaction is durable (the audit outbox uses it to wake its relay).
 
 pub mod migrate;
+pub mod sqlite;
 pub mod stats;
 mod unit;
 
+pub use sqlite::SqliteDb;
 pub use unit::{RetryPolicy, Savepoint, UnitOfWork};
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -33,13 +37,14 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
 use sea_query_sqlx::SqlxBinder;
+use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
+use sqlx::{AssertSqlSafe, FromRow, PgPool};
 
 use crate::config::{Config, DatabaseKind};
+
+/// The cause of an unavailable or contended database, whichever engine reported it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Applies a list's page request to its query: in cursor mode the keyset condition; the
 /// order (the sort field, then the id, in one direction); one row more than a page (so the
@@ -74,12 +79,12 @@ pub enum StoreError {
     Conflict { constraint: String },
     /// The database is unreachable or the pool is exhausted: retryable by the caller.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Cause),
     /// Another transaction got in the way (PostgreSQL serialization failure or deadlock,
     /// SQLite busy or locked): running the whole transaction again is expected to succeed.
     /// [`Db::transaction`] does that by itself.
     #[error("transaction conflict; retry: {0}")]
-    Contention(#[source] sqlx::Error),
+    Contention(#[source] Cause),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -95,11 +100,13 @@ impl From<sqlx::Error> for StoreError {
                     constraint: db.constraint().unwrap_or("unknown").to_string(),
                 }
             }
-            sqlx::Error::Database(db) if is_contention(db.as_ref()) => StoreError::Contention(e),
+            sqlx::Error::Database(db) if is_contention_code(db.code().as_deref()) => {
+                StoreError::Contention(e.into())
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.into()),
             _ => StoreError::Other(anyhow::Error::new(e)),
         }
     }
@@ -112,93 +119,74 @@ impl StoreError {
     }
 }
 
-fn is_contention(db: &dyn sqlx::error::DatabaseError) -> bool {
-    let engine = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        DatabaseKind::Sqlite
-    } else {
-        DatabaseKind::Postgres
-    };
-    is_contention_code(engine, db.code().as_deref())
+/// PostgreSQL SQLSTATE 40001 (serialization failure) and 40P01 (deadlock).
+fn is_contention_code(code: Option<&str>) -> bool {
+    matches!(code, Some("40001" | "40P01"))
 }
 
-/// PostgreSQL SQLSTATE 40001 (serialization failure) and 40P01 (deadlock); SQLite result
-/// codes whose primary code is SQLITE_BUSY (5) or SQLITE_LOCKED (6), extended codes included.
-fn is_contention_code(engine: DatabaseKind, code: Option<&str>) -> bool {
-    match (engine, code) {
-        (DatabaseKind::Postgres, Some(c)) => c == "40001" || c == "40P01",
-        (DatabaseKind::Sqlite, Some(c)) => {
-            c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+/// A row type both engines can decode: `sqlx::FromRow` for PostgreSQL, `serde::Deserialize`
+/// by column name for SQLite.
+pub trait Row: for<'r> FromRow<'r, PgRow> + DeserializeOwned + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, PgRow> + DeserializeOwned + Send + Unpin {}
+
+/// Decodes a `serde_json::Value` column: `jsonb` on PostgreSQL (through sqlx), text on
+/// SQLite. Use as `#[serde(deserialize_with = "keel_kernel::store::json_column")]`.
+pub fn json_column<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    d.deserialize_any(JsonText)
+}
+
+/// [`json_column`] for an optional column.
+pub fn json_column_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    struct Opt;
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON text or null")
         }
-        (_, None) => false,
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            json_column(d).map(Some)
+        }
+    }
+    d.deserialize_option(Opt)
+}
+
+struct JsonText;
+
+impl<'de> serde::de::Visitor<'de> for JsonText {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON text")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        serde_json::from_str(v).map_err(E::custom)
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        serde_json::from_slice(v).map_err(E::custom)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
     }
 }
-
-/// A row type both engines can decode.
-pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
-impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
-{}
 
 /// A connection pool on one of the two engines.
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite(SqliteDb),
     Postgres(PgPool),
-}
-
-/// SQLite: the pool, and the node's write gate.
-///
-/// SQLite lets one writer in at a time. Left to itself, a connection that finds the write
-/// lock taken sleeps in its busy handler (1, 2, 5 … 100 ms) and tries again, so under
-/// concurrent writes the lock sits idle while writers sleep, latecomers overtake, and
-/// latency grows into seconds (a 1,000-user mix with 30 % writes measured a p95 of 15 s).
-/// Instead, every write on this node first queues for the gate, a fair (FIFO) async mutex,
-/// and takes SQLite's write lock only when it is its turn: writers follow each other with
-/// no sleep in between, and readers (WAL) are never held up. Another process writing to
-/// the same file is still waited for by the busy handler (`database.sqlite_busy_timeout_ms`).
-#[derive(Clone, Debug)]
-pub struct SqliteDb {
-    pool: SqlitePool,
-    gate: Arc<tokio::sync::Mutex<()>>,
-    gate_timeout: Duration,
-}
-
-impl SqliteDb {
-    pub fn new(pool: SqlitePool, gate_timeout: Duration) -> Self {
-        Self {
-            pool,
-            gate: Arc::default(),
-            gate_timeout,
-        }
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Waits for this node's turn to write, as long as the busy timeout allows; a wait that
-    /// runs out is contention, as SQLite's own `SQLITE_BUSY` would be.
-    async fn write_turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, StoreError> {
-        let started = Instant::now();
-        let waited = self.gate.try_lock().is_err();
-        match tokio::time::timeout(self.gate_timeout, self.gate.clone().lock_owned()).await {
-            Ok(guard) => {
-                stats::write_turn_taken(started, waited);
-                Ok(guard)
-            }
-            Err(_) => Err(StoreError::Contention(sqlx::Error::Protocol(format!(
-                "waited {} ms for this node's turn to write to SQLite",
-                self.gate_timeout.as_millis()
-            )))),
-        }
-    }
-}
-
-impl std::ops::Deref for SqliteDb {
-    type Target = SqlitePool;
-
-    fn deref(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 /// Pool figures for health and metrics.
@@ -209,67 +197,11 @@ pub struct PoolStats {
     pub max: u32,
 }
 
-/// Dispatches one statement to whichever engine the handle is on, on a connection taken from
-/// the pool (the wait is measured), and records the query's latency under its operation name.
-macro_rules! dispatch {
-    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {{
-        let (op, started, result) = match $self {
-            Db::Sqlite(db) => {
-                let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
-                let op = stats::operation_name(&$sql);
-                // A statement outside a transaction that writes (`UPDATE … RETURNING` through
-                // a fetch too) waits for the write gate; reads go straight to the pool.
-                let _turn = if stats::is_read(op) {
-                    None
-                } else {
-                    Some(db.write_turn().await?)
-                };
-                let mut conn = acquire(db.pool()).await?;
-                let started = Instant::now();
-                let $ex = &mut *conn;
-                (op, started, $body)
-            }
-            Db::Postgres(pool) => {
-                let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
-                let op = stats::operation_name(&$sql);
-                let mut conn = acquire(pool).await?;
-                let started = Instant::now();
-                let $ex = &mut *conn;
-                (op, started, $body)
-            }
-        };
-        stats::query_finished(op, started, result.is_ok());
-        result
-    }};
-}
-
-macro_rules! dispatch_tx {
-    ($self:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {{
-        let (op, started, result) = match &mut $self.conn {
-            TxConn::Sqlite(tx) => {
-                let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
-                let op = stats::operation_name(&$sql);
-                let started = Instant::now();
-                let $ex = &mut **tx;
-                (op, started, $body)
-            }
-            TxConn::Postgres(tx) => {
-                let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
-                let op = stats::operation_name(&$sql);
-                let started = Instant::now();
-                let $ex = &mut **tx;
-                (op, started, $body)
-            }
-        };
-        stats::query_finished(op, started, result.is_ok());
-        result
-    }};
-}
-
-/// Takes a connection from the pool, recording whether (and how long) it had to wait.
-async fn acquire<D: sqlx::Database>(
-    pool: &sqlx::Pool<D>,
-) -> Result<sqlx::pool::PoolConnection<D>, StoreError> {
+/// Takes a PostgreSQL connection from the pool, recording whether (and how long) it had to
+/// wait.
+async fn acquire_pg(
+    pool: &PgPool,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StoreError> {
     let waited = pool.num_idle() == 0;
     let started = Instant::now();
     let conn = pool.acquire().await?;
@@ -305,32 +237,15 @@ impl Db {
         let acquire = Duration::from_millis(db.acquire_timeout_ms);
         match config.database_kind() {
             DatabaseKind::Sqlite => {
-                let options = SqliteConnectOptions::from_str(&url)
-                    .context("database_url is not a valid SQLite URL")?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // FULL: an acknowledged commit survives power loss, not only a crash.
-                    .synchronous(SqliteSynchronous::Full)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_millis(db.sqlite_busy_timeout_ms))
-                    .pragma("temp_store", "memory");
-                if let Some(parent) = options.get_filename().parent()
-                    && !parent.as_os_str().is_empty()
-                {
-                    std::fs::create_dir_all(parent).with_context(|| {
-                        format!("cannot create the data directory {}", parent.display())
-                    })?;
-                }
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(db.max_connections)
-                    .min_connections(db.min_connections)
-                    .acquire_timeout(acquire)
-                    .connect_with(options)
-                    .await?;
-                Ok(Db::Sqlite(SqliteDb::new(
-                    pool,
-                    Duration::from_millis(db.sqlite_busy_timeout_ms),
-                )))
+                let path = sqlite::path_of(&url)?;
+                let busy = Duration::from_millis(db.sqlite_busy_timeout_ms);
+                let (max, min) = (db.max_connections, db.min_connections);
+                let sqlite = tokio::task::spawn_blocking(move || {
+                    SqliteDb::open(&path, max, min, busy, acquire)
+                })
+                .await
+                .context("opening the SQLite database")??;
+                Ok(Db::Sqlite(sqlite))
             }
             DatabaseKind::Postgres => {
                 let mut options = PgConnectOptions::from_str(&url)
@@ -361,13 +276,10 @@ impl Db {
         }
     }
 
-    /// The SQLite database file, when on SQLite with a file.
+    /// The SQLite database file, when on SQLite.
     pub fn sqlite_file(&self) -> Option<PathBuf> {
         match self {
-            Db::Sqlite(db) => {
-                let path = db.connect_options().get_filename().to_path_buf();
-                (!path.as_os_str().is_empty() && path.as_os_str() != ":memory:").then_some(path)
-            }
+            Db::Sqlite(db) => Some(db.path().to_path_buf()),
             Db::Postgres(_) => None,
         }
     }
@@ -377,7 +289,8 @@ impl Db {
         let started = Instant::now();
         match self {
             Db::Sqlite(db) => {
-                sqlx::raw_sql("SELECT 1").execute(db.pool()).await?;
+                let conn = db.acquire("query").await?;
+                conn.query_row("SELECT 1", [], |_| Ok(()))?;
             }
             Db::Postgres(pool) => {
                 sqlx::raw_sql("SELECT 1").execute(pool).await?;
@@ -388,11 +301,10 @@ impl Db {
 
     pub fn pool_stats(&self) -> PoolStats {
         match self {
-            Db::Sqlite(pool) => PoolStats {
-                size: pool.size(),
-                idle: pool.num_idle(),
-                max: pool.options().get_max_connections(),
-            },
+            Db::Sqlite(db) => {
+                let (size, idle, max) = db.counts();
+                PoolStats { size, idle, max }
+            }
             Db::Postgres(pool) => PoolStats {
                 size: pool.size(),
                 idle: pool.num_idle(),
@@ -401,50 +313,86 @@ impl Db {
         }
     }
 
-    /// Starts a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
-    /// a transaction that reads and then writes cannot fail half-way on a lock upgrade.
+    /// Starts a transaction. On SQLite it first waits for the node's write turn (see
+    /// [`SqliteDb`]), then takes the write lock at once (`BEGIN IMMEDIATE`), so a transaction
+    /// that reads and then writes cannot fail half-way on a lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        // On SQLite the node's write turn comes first (see [`SqliteDb`]), then a connection.
-        let turn = match self {
-            Db::Sqlite(db) => Some(db.write_turn().await?),
-            Db::Postgres(_) => None,
-        };
-        let waited = match self {
-            Db::Sqlite(db) => db.num_idle() == 0,
-            Db::Postgres(pool) => pool.num_idle() == 0,
-        };
         let started = Instant::now();
         let conn = match self {
-            Db::Sqlite(db) => TxConn::Sqlite(db.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+            Db::Sqlite(db) => {
+                let turn = db.write_turn().await?;
+                let mut conn = db.acquire("transaction").await?;
+                let busy = conn.busy_timeout();
+                if let Err(e) = sqlite::begin_immediate(&conn, busy) {
+                    conn.discard();
+                    return Err(e);
+                }
+                TxConn::Sqlite(SqliteTx {
+                    conn,
+                    open: true,
+                    _turn: turn,
+                })
+            }
+            Db::Postgres(pool) => {
+                let waited = pool.num_idle() == 0;
+                let tx = pool.begin().await?;
+                stats::acquired("transaction", started, waited);
+                TxConn::Postgres(tx)
+            }
         };
-        stats::acquired("transaction", started, waited);
         Ok(Tx {
             conn,
             contention: false,
             after_commit: Vec::new(),
             savepoints: 0,
-            _turn: turn,
         })
     }
 
     pub async fn fetch_all<T: Row>(&self, stmt: &impl SqlxBinder) -> Result<Vec<T>, StoreError> {
-        Ok(dispatch!(self, stmt, |sql, values, ex| {
-            sqlx::query_as_with(AssertSqlSafe(sql), values)
-                .fetch_all(ex)
-                .await
-        })?)
+        match self {
+            Db::Sqlite(db) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                tokio::task::consume_budget().await;
+                run_sqlite(db, op, |conn| sqlite::fetch_all(conn, &sql, &values.0)).await
+            }
+            Db::Postgres(pool) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let mut conn = acquire_pg(pool).await?;
+                let started = Instant::now();
+                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all(&mut *conn)
+                    .await;
+                stats::query_finished(op, started, result.is_ok());
+                Ok(result?)
+            }
+        }
     }
 
     pub async fn fetch_optional<T: Row>(
         &self,
         stmt: &impl SqlxBinder,
     ) -> Result<Option<T>, StoreError> {
-        Ok(dispatch!(self, stmt, |sql, values, ex| {
-            sqlx::query_as_with(AssertSqlSafe(sql), values)
-                .fetch_optional(ex)
-                .await
-        })?)
+        match self {
+            Db::Sqlite(db) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                tokio::task::consume_budget().await;
+                run_sqlite(db, op, |conn| sqlite::fetch_optional(conn, &sql, &values.0)).await
+            }
+            Db::Postgres(pool) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let mut conn = acquire_pg(pool).await?;
+                let started = Instant::now();
+                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_optional(&mut *conn)
+                    .await;
+                stats::query_finished(op, started, result.is_ok());
+                Ok(result?)
+            }
+        }
     }
 
     pub async fn fetch_one<T: Row>(&self, stmt: &impl SqlxBinder) -> Result<T, StoreError> {
@@ -453,13 +401,46 @@ impl Db {
 
     /// Runs a write; returns the number of rows it touched.
     pub async fn execute(&self, stmt: &impl SqlxBinder) -> Result<u64, StoreError> {
-        Ok(dispatch!(self, stmt, |sql, values, ex| sqlx::query_with(
-            AssertSqlSafe(sql),
-            values
-        )
-        .execute(ex)
-        .await
-        .map(|r| r.rows_affected()))?)
+        match self {
+            Db::Sqlite(db) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                tokio::task::consume_budget().await;
+                run_sqlite(db, op, |conn| sqlite::execute(conn, &sql, &values.0)).await
+            }
+            Db::Postgres(pool) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let mut conn = acquire_pg(pool).await?;
+                let started = Instant::now();
+                let result = sqlx::query_with(AssertSqlSafe(sql), values)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected());
+                stats::query_finished(op, started, result.is_ok());
+                Ok(result?)
+            }
+        }
+    }
+
+    /// The engine's plan for a statement (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on
+    /// PostgreSQL), one line per step: for checking that a query reads the index it should.
+    pub async fn query_plan(&self, stmt: &impl SqlxBinder) -> Result<String, StoreError> {
+        match self {
+            Db::Sqlite(db) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let conn = db.acquire("query").await?;
+                Ok(sqlite::query_plan(&conn, &sql, &values.0)?.join("\n"))
+            }
+            Db::Postgres(pool) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let rows: Vec<(String,)> =
+                    sqlx::query_as_with(AssertSqlSafe(format!("EXPLAIN {sql}")), values)
+                        .fetch_all(pool)
+                        .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n"))
+            }
+        }
     }
 
     /// Refreshes the query planner's statistics of `tables` after a bulk load. On PostgreSQL
@@ -489,10 +470,33 @@ impl Db {
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(db) => db.close().await,
+            Db::Sqlite(db) => db.close(),
             Db::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Runs one statement outside a transaction on SQLite: a read on any free connection, where
+/// it is awaited; a write (anything but a query) in this node's write turn, and where
+/// blocking is allowed, since its implicit commit syncs to disk.
+async fn run_sqlite<R>(
+    db: &SqliteDb,
+    op: &'static str,
+    run: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let turn = if stats::is_read(op) {
+        None
+    } else {
+        Some(db.write_turn().await?)
+    };
+    let conn = db.acquire("query").await?;
+    let started = Instant::now();
+    let result = match turn {
+        None => run(&conn),
+        Some(_turn) => sqlite::blocking(|| run(&conn)),
+    };
+    stats::query_finished(op, started, result.is_ok());
+    result
 }
 
 /// An open transaction. Dropped without [`Tx::commit`], it rolls back.
@@ -504,14 +508,41 @@ pub struct Tx {
     contention: bool,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
     savepoints: u32,
-    /// SQLite: this node's write turn, held until the transaction ends (declared after
-    /// `conn`, so a dropped transaction rolls back before the next writer is let in).
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 enum TxConn {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// A SQLite transaction: its connection and this node's write turn, held until it ends.
+struct SqliteTx {
+    conn: sqlite::Conn,
+    /// Begun and not yet committed or rolled back.
+    open: bool,
+    /// Declared after `conn`: a dropped transaction rolls back before the next writer is let
+    /// in.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl SqliteTx {
+    fn end(&mut self, sql: &str) -> Result<(), StoreError> {
+        // A commit syncs to disk (and may checkpoint the WAL): where blocking is allowed.
+        let result = sqlite::blocking(|| self.conn.execute_batch(sql));
+        if result.is_ok() || self.conn.is_autocommit() {
+            self.open = false;
+        }
+        Ok(result?)
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open && self.conn.execute_batch("ROLLBACK").is_err() {
+            // Its state is unknown: it is closed rather than reused.
+            self.conn.discard();
+        }
+    }
 }
 
 impl std::fmt::Debug for Tx {
@@ -529,16 +560,16 @@ impl Tx {
     /// Commits, then runs the [`Tx::after_commit`] hooks (only if the commit succeeded).
     pub async fn commit(self) -> Result<(), StoreError> {
         let Tx {
-            conn,
-            after_commit,
-            _turn,
-            ..
+            conn, after_commit, ..
         } = self;
         match conn {
-            TxConn::Sqlite(tx) => tx.commit().await?,
+            TxConn::Sqlite(mut tx) => {
+                tx.end("COMMIT")?;
+                // The next writer may go in now.
+                drop(tx);
+            }
             TxConn::Postgres(tx) => tx.commit().await?,
         }
-        drop(_turn);
         for hook in after_commit {
             hook();
         }
@@ -547,7 +578,7 @@ impl Tx {
 
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.conn {
-            TxConn::Sqlite(tx) => tx.rollback().await?,
+            TxConn::Sqlite(mut tx) => tx.end("ROLLBACK")?,
             TxConn::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
@@ -573,26 +604,42 @@ impl Tx {
         self.contention
     }
 
-    fn observe<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
-        result.map_err(|e| {
-            let e = StoreError::from(e);
-            if e.is_contention() {
-                self.contention = true;
-            }
-            e
-        })
+    fn observe<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && e.is_contention()
+        {
+            self.contention = true;
+        }
+        result
     }
 
     pub async fn fetch_all<T: Row>(
         &mut self,
         stmt: &impl SqlxBinder,
     ) -> Result<Vec<T>, StoreError> {
-        let result = dispatch_tx!(self, stmt, |sql, values, ex| sqlx::query_as_with(
-            AssertSqlSafe(sql),
-            values
-        )
-        .fetch_all(ex)
-        .await);
+        let result = match &mut self.conn {
+            TxConn::Sqlite(tx) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                // Statements run without awaiting anything: let the runtime's budget decide
+                // when a long run of them gives other tasks a turn.
+                tokio::task::consume_budget().await;
+                let started = Instant::now();
+                let result = sqlite::fetch_all(&tx.conn, &sql, &values.0);
+                stats::query_finished(op, started, result.is_ok());
+                result
+            }
+            TxConn::Postgres(tx) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let started = Instant::now();
+                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all(&mut **tx)
+                    .await;
+                stats::query_finished(op, started, result.is_ok());
+                result.map_err(StoreError::from)
+            }
+        };
         self.observe(result)
     }
 
@@ -600,12 +647,29 @@ impl Tx {
         &mut self,
         stmt: &impl SqlxBinder,
     ) -> Result<Option<T>, StoreError> {
-        let result = dispatch_tx!(self, stmt, |sql, values, ex| sqlx::query_as_with(
-            AssertSqlSafe(sql),
-            values
-        )
-        .fetch_optional(ex)
-        .await);
+        let result = match &mut self.conn {
+            TxConn::Sqlite(tx) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                // Statements run without awaiting anything: let the runtime's budget decide
+                // when a long run of them gives other tasks a turn.
+                tokio::task::consume_budget().await;
+                let started = Instant::now();
+                let result = sqlite::fetch_optional(&tx.conn, &sql, &values.0);
+                stats::query_finished(op, started, result.is_ok());
+                result
+            }
+            TxConn::Postgres(tx) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let started = Instant::now();
+                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_optional(&mut **tx)
+                    .await;
+                stats::query_finished(op, started, result.is_ok());
+                result.map_err(StoreError::from)
+            }
+        };
         self.observe(result)
     }
 
@@ -614,23 +678,43 @@ impl Tx {
     }
 
     pub async fn execute(&mut self, stmt: &impl SqlxBinder) -> Result<u64, StoreError> {
-        let result = dispatch_tx!(self, stmt, |sql, values, ex| sqlx::query_with(
-            AssertSqlSafe(sql),
-            values
-        )
-        .execute(ex)
-        .await
-        .map(|r| r.rows_affected()));
+        let result = match &mut self.conn {
+            TxConn::Sqlite(tx) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                // Statements run without awaiting anything: let the runtime's budget decide
+                // when a long run of them gives other tasks a turn.
+                tokio::task::consume_budget().await;
+                let started = Instant::now();
+                let result = sqlite::execute(&tx.conn, &sql, &values.0);
+                stats::query_finished(op, started, result.is_ok());
+                result
+            }
+            TxConn::Postgres(tx) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let started = Instant::now();
+                let result = sqlx::query_with(AssertSqlSafe(sql), values)
+                    .execute(&mut **tx)
+                    .await
+                    .map(|r| r.rows_affected());
+                stats::query_finished(op, started, result.is_ok());
+                result.map_err(StoreError::from)
+            }
+        };
         self.observe(result)
     }
 
     /// Runs engine-specific SQL that takes no parameters (DDL in migrations, savepoints).
     /// Application queries go through the query builder instead.
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
-        let sql = AssertSqlSafe(sql.to_string());
         let result = match &mut self.conn {
-            TxConn::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ()),
-            TxConn::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ()),
+            TxConn::Sqlite(tx) => tx.conn.execute_batch(sql).map_err(StoreError::from),
+            TxConn::Postgres(tx) => sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(&mut **tx)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from),
         };
         self.observe(result)
     }

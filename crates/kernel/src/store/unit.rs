@@ -235,16 +235,17 @@ mod tests {
     #[test]
     fn contention_codes_are_recognised_on_both_engines() {
         use super::super::is_contention_code;
-        use crate::config::DatabaseKind::{Postgres, Sqlite};
-        assert!(is_contention_code(Postgres, Some("40001")));
-        assert!(is_contention_code(Postgres, Some("40P01")));
-        // A SQLSTATE that happens to look like SQLITE_BUSY is not one.
-        assert!(!is_contention_code(Postgres, Some("22021")));
-        assert!(!is_contention_code(Postgres, Some("23505")));
-        assert!(is_contention_code(Sqlite, Some("5")));
-        assert!(is_contention_code(Sqlite, Some("517")));
-        assert!(is_contention_code(Sqlite, Some("6")));
-        assert!(!is_contention_code(Sqlite, Some("2067")));
-        assert!(!is_contention_code(Sqlite, None));
+        assert!(is_contention_code(Some("40001")));
+        assert!(is_contention_code(Some("40P01")));
+        assert!(!is_contention_code(Some("22021")));
+        assert!(!is_contention_code(Some("23505")));
+        assert!(!is_contention_code(None));
+        // SQLite: busy and locked, extended codes included; a constraint is not contention.
+        let sqlite =
+            |code: i32| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        for code in [5, 517, 6, 262] {
+            assert!(StoreError::from(sqlite(code)).is_contention(), "{code}");
+        }
+        assert!(!StoreError::from(sqlite(2067)).is_contention());
     }
 }

@@ -106,7 +106,7 @@ pub async fn list(
     if !page.wants_total() {
         return Ok((rows, None));
     }
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }
@@ -210,7 +210,7 @@ pub async fn delete(tx: &mut Tx, scope: &TenantScope, id: Uuid) -> Result<bool, 
 
 /// The organization whose connector holds `consent_id`, if any.
 pub async fn org_of_consent(db: &Db, consent_id: &str) -> Result<Option<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Org {
         org_id: Uuid,
     }
@@ -232,7 +232,7 @@ pub async fn consent_holder(
     tx: &mut Tx,
     consent_id: &str,
 ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Holder {
         org_id: Uuid,
         id: Uuid,

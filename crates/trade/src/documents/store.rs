@@ -21,7 +21,8 @@ pub struct Document {
     pub shipment_id: Uuid,
     /// `commercial_invoice`, `packing_list`, `shipping_bill`, `bill_of_lading`,
     /// `certificate_of_origin`, `bank_realisation_certificate` or `other`.
-    #[serde(rename = "document_type")]
+    // The API calls it `document_type`; the column is `doc_type`.
+    #[serde(rename(serialize = "document_type"), alias = "document_type")]
     pub doc_type: String,
     /// The content's SHA-256 (hex): its address in the organization's file storage.
     pub sha256: String,
@@ -141,7 +142,7 @@ pub async fn list(
     if !page.wants_total() {
         return Ok((rows, None));
     }
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }

@@ -182,7 +182,7 @@ pub async fn count_capped(
     filter: &Filter,
     cap: u64,
 ) -> Result<u64, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }

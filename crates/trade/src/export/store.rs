@@ -38,9 +38,10 @@ pub struct Export {
 }
 
 /// An export's row with what only the server needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct ExportRow {
     #[sqlx(flatten)]
+    #[serde(flatten)]
     pub export: Export,
     pub filter: String,
     pub partner_id: Option<Uuid>,

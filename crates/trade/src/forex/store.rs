@@ -29,7 +29,7 @@ const RATE_COLUMNS: [&str; 10] = [
 ];
 
 /// A stored rate.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Deserialize)]
 pub struct RateRow {
     pub id: Uuid,
     pub currency: String,
@@ -301,7 +301,7 @@ fn history_cond(scope: &TenantScope, f: &HistoryFilter) -> Cond {
     cond
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct Count {
     n: i64,
 }
@@ -390,7 +390,7 @@ const ALERT_COLUMNS: [&str; 12] = [
     "version",
 ];
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Deserialize)]
 pub struct AlertRow {
     pub id: Uuid,
     pub rate_id: Uuid,
@@ -540,7 +540,7 @@ pub async fn alerts(
 
 /// The active admins of the scope's organization (who forex alerts notify).
 pub async fn admins(tx: &mut Tx, scope: &TenantScope) -> Result<Vec<Uuid>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Id {
         id: Uuid,
     }

@@ -59,7 +59,7 @@ impl std::fmt::Debug for Payment {
 keel_kernel::keyed!(Payment { "created_at" => Time(created_at), "amount_minor" => Int(amount_minor) });
 
 /// A stored row (sealed columns still sealed).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct Row {
     pub id: Uuid,
     pub shipment_id: Uuid,
@@ -269,7 +269,7 @@ pub async fn sum_for_shipment(
     scope: &TenantScope,
     shipment_id: Uuid,
 ) -> Result<i64, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Sum {
         n: i64,
     }
@@ -317,7 +317,7 @@ pub async fn list(
     if !page.wants_total() {
         return Ok((rows, None));
     }
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }

@@ -63,10 +63,37 @@ keel_kernel::keyed!(Shipment { "created_at" => Time(created_at), "reference" => 
 /// The sortable fields of the list (and the export); the first is the default (newest first).
 pub const SORTS: [&str; 2] = ["created_at", "reference"];
 
-/// HS codes, stored comma separated (they are digits only).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// HS codes, stored comma separated (they are digits only); a JSON array in the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct HsCodes(pub Vec<String>);
+
+/// From the API's array, or from the stored comma-separated text (a SQLite row).
+impl<'de> Deserialize<'de> for HsCodes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Codes;
+        impl<'de> serde::de::Visitor<'de> for Codes {
+            type Value = HsCodes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("HS codes, as an array or comma separated")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HsCodes, E> {
+                Ok(HsCodes::from(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HsCodes, A::Error> {
+                let mut codes = Vec::new();
+                while let Some(c) = seq.next_element::<String>()? {
+                    codes.push(c);
+                }
+                Ok(HsCodes(codes))
+            }
+        }
+        d.deserialize_any(Codes)
+    }
+}
 
 impl From<String> for HsCodes {
     fn from(s: String) -> Self {
@@ -242,7 +269,7 @@ pub async fn total(
         let n = tally::sum(db, scope.org_id(), filter.status, filter.ebrc_status).await?;
         return Ok((n, true));
     }
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Count {
         n: i64,
     }
@@ -300,9 +327,10 @@ pub async fn list(
     if filter.tallied(scope) {
         // One statement: the page and, as a scalar subquery evaluated once, its total from
         // the tallies. Only a page past the end (no row to carry it) asks again.
-        #[derive(sqlx::FromRow)]
+        #[derive(sqlx::FromRow, serde::Deserialize)]
         struct WithTotal {
             #[sqlx(flatten)]
+            #[serde(flatten)]
             shipment: Shipment,
             total: i64,
         }

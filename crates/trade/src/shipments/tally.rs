@@ -99,7 +99,7 @@ pub async fn sum(
     status: Option<Status>,
     ebrc: Option<EbrcStatus>,
 ) -> Result<u64, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Sum {
         n: i64,
     }
@@ -135,7 +135,7 @@ pub fn sum_query(org: Uuid, status: Option<Status>, ebrc: Option<EbrcStatus>) ->
 
 /// Counts per cell, for the dashboard: `(status, ebrc_status, n)` with n > 0.
 pub async fn cells(db: &Db, org: Uuid) -> Result<Vec<(String, String, i64)>, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Cell {
         status: String,
         ebrc_status: String,

@@ -24,7 +24,7 @@ pub struct WebhookEndpoint {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct EndpointRow {
     pub id: Uuid,
     pub url: String,
@@ -285,7 +285,7 @@ pub(crate) async fn delete_endpoint(
 }
 
 /// One delivery of one event to one endpoint.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow, serde::Deserialize)]
 pub struct Delivery {
     pub id: Uuid,
     pub endpoint_id: Uuid,
@@ -386,7 +386,7 @@ pub(crate) async fn set_delivery_job(
     Ok(())
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct DeliveryWork {
     pub endpoint_id: Uuid,
     pub payload: String,
@@ -409,7 +409,7 @@ pub(crate) async fn delivery_work(
 }
 
 /// One attempt's record.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow, serde::Deserialize)]
 pub struct Attempt {
     pub attempt: i64,
     /// The receiver's HTTP status; none when it could not be reached.
@@ -546,7 +546,7 @@ pub(crate) async fn list_deliveries(
     if rows.is_empty() {
         return Ok((out, total));
     }
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct AttemptRow {
         delivery_id: Uuid,
         attempt: i64,
@@ -626,7 +626,7 @@ pub(crate) async fn receipt_exists(
     source: &str,
     event_id: &str,
 ) -> Result<bool, StoreError> {
-    #[derive(sqlx::FromRow)]
+    #[derive(sqlx::FromRow, serde::Deserialize)]
     struct Receipt {
         event_id: String,
     }
