@@ -370,6 +370,41 @@ impl Db {
         }
     }
 
+    /// Decodes each row twice, as `A` and as `B` (each by column name, ignoring the other's
+    /// columns): a row type plus columns computed beside it (a page and its total), without
+    /// `#[serde(flatten)]`, which buffers every value of every row before decoding it.
+    pub async fn fetch_all_pairs<A: Row, B: Row>(
+        &self,
+        stmt: &impl SqlxBinder,
+    ) -> Result<Vec<(A, B)>, StoreError> {
+        match self {
+            Db::Sqlite(db) => {
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                let op = stats::operation_name(&sql);
+                tokio::task::consume_budget().await;
+                run_sqlite(db, op, |conn| {
+                    sqlite::fetch_all_pairs(conn, &sql, &values.0)
+                })
+                .await
+            }
+            Db::Postgres(pool) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                let op = stats::operation_name(&sql);
+                let mut conn = acquire_pg(pool).await?;
+                let started = Instant::now();
+                let result = sqlx::query_with(AssertSqlSafe(sql), values)
+                    .fetch_all(&mut *conn)
+                    .await;
+                stats::query_finished(op, started, result.is_ok());
+                result?
+                    .iter()
+                    .map(|row| Ok((A::from_row(row)?, B::from_row(row)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(StoreError::from)
+            }
+        }
+    }
+
     pub async fn fetch_optional<T: Row>(
         &self,
         stmt: &impl SqlxBinder,

@@ -384,6 +384,21 @@ pub(crate) fn fetch_all<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Runs a statement and decodes every row twice, as `A` and as `B`.
+pub(crate) fn fetch_all_pairs<A: DeserializeOwned, B: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    values: &sea_query::Values,
+) -> Result<Vec<(A, B)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(Bind)))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push((decode(row)?, decode(row)?));
+    }
+    Ok(out)
+}
+
 /// Runs a statement and decodes its first row, if any.
 pub(crate) fn fetch_optional<T: DeserializeOwned>(
     conn: &Connection,

@@ -328,21 +328,18 @@ pub async fn list(
         // One statement: the page and, as a scalar subquery evaluated once, its total from
         // the tallies. Only a page past the end (no row to carry it) asks again.
         #[derive(sqlx::FromRow, serde::Deserialize)]
-        struct WithTotal {
-            #[sqlx(flatten)]
-            #[serde(flatten)]
-            shipment: Shipment,
+        struct Total {
             total: i64,
         }
         let sum = tally::sum_query(scope.org_id(), filter.status, filter.ebrc_status);
         select.expr_as(Expr::SubQuery(None, Box::new(sum.into())), "total");
-        let rows: Vec<WithTotal> = db.fetch_all(&select).await?;
+        let rows: Vec<(Shipment, Total)> = db.fetch_all_pairs(&select).await?;
         let total = match rows.first() {
-            Some(r) => u64::try_from(r.total).unwrap_or(0),
+            Some((_, t)) => u64::try_from(t.total).unwrap_or(0),
             None => tally::sum(db, scope.org_id(), filter.status, filter.ebrc_status).await?,
         };
         return Ok((
-            rows.into_iter().map(|r| r.shipment).collect(),
+            rows.into_iter().map(|(s, _)| s).collect(),
             Some((total, true)),
         ));
     }
