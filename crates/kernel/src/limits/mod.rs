@@ -423,10 +423,9 @@ impl RateLimiter {
             return Ok(entry.decision(entry.local.check(key), DecidedBy::InProcess));
         };
         if !inner.redis_cooling_down() {
-            match redis
-                .check(policy, key, entry.interval_us, entry.policy.burst)
-                .await
-            {
+            // Boxed: a network future is large, and every request's middleware future would
+            // otherwise carry its size (and copy it) even when no Redis is configured.
+            match Box::pin(redis.check(policy, key, entry.interval_us, entry.policy.burst)).await {
                 Ok(verdict) => return Ok(entry.decision(verdict, DecidedBy::Redis)),
                 Err(failure) => inner.redis_failed(&failure),
             }

@@ -293,7 +293,7 @@ impl Db {
                 conn.query_row("SELECT 1", [], |_| Ok(()))?;
             }
             Db::Postgres(pool) => {
-                sqlx::raw_sql("SELECT 1").execute(pool).await?;
+                Box::pin(sqlx::raw_sql("SELECT 1").execute(pool)).await?;
             }
         }
         Ok(started.elapsed())
@@ -335,7 +335,7 @@ impl Db {
             }
             Db::Postgres(pool) => {
                 let waited = pool.num_idle() == 0;
-                let tx = pool.begin().await?;
+                let tx = Box::pin(pool.begin()).await?;
                 stats::acquired("transaction", started, waited);
                 TxConn::Postgres(tx)
             }
@@ -359,13 +359,19 @@ impl Db {
             Db::Postgres(pool) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
-                let mut conn = acquire_pg(pool).await?;
-                let started = Instant::now();
-                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_all(&mut *conn)
-                    .await;
-                stats::query_finished(op, started, result.is_ok());
-                Ok(result?)
+                // Boxed here and below: sqlx's futures are large, and every future awaiting
+                // the store (handlers, middleware) would otherwise carry their size on SQLite
+                // too, and copy it each time it is moved or boxed.
+                Box::pin(async {
+                    let mut conn = acquire_pg(pool).await?;
+                    let started = Instant::now();
+                    let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
+                        .fetch_all(&mut *conn)
+                        .await;
+                    stats::query_finished(op, started, result.is_ok());
+                    Ok(result?)
+                })
+                .await
             }
         }
     }
@@ -390,17 +396,20 @@ impl Db {
             Db::Postgres(pool) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
-                let mut conn = acquire_pg(pool).await?;
-                let started = Instant::now();
-                let result = sqlx::query_with(AssertSqlSafe(sql), values)
-                    .fetch_all(&mut *conn)
-                    .await;
-                stats::query_finished(op, started, result.is_ok());
-                result?
-                    .iter()
-                    .map(|row| Ok((A::from_row(row)?, B::from_row(row)?)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(StoreError::from)
+                Box::pin(async {
+                    let mut conn = acquire_pg(pool).await?;
+                    let started = Instant::now();
+                    let result = sqlx::query_with(AssertSqlSafe(sql), values)
+                        .fetch_all(&mut *conn)
+                        .await;
+                    stats::query_finished(op, started, result.is_ok());
+                    result?
+                        .iter()
+                        .map(|row| Ok((A::from_row(row)?, B::from_row(row)?)))
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                        .map_err(StoreError::from)
+                })
+                .await
             }
         }
     }
@@ -419,13 +428,16 @@ impl Db {
             Db::Postgres(pool) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
-                let mut conn = acquire_pg(pool).await?;
-                let started = Instant::now();
-                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_optional(&mut *conn)
-                    .await;
-                stats::query_finished(op, started, result.is_ok());
-                Ok(result?)
+                Box::pin(async {
+                    let mut conn = acquire_pg(pool).await?;
+                    let started = Instant::now();
+                    let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
+                        .fetch_optional(&mut *conn)
+                        .await;
+                    stats::query_finished(op, started, result.is_ok());
+                    Ok(result?)
+                })
+                .await
             }
         }
     }
@@ -446,14 +458,17 @@ impl Db {
             Db::Postgres(pool) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
-                let mut conn = acquire_pg(pool).await?;
-                let started = Instant::now();
-                let result = sqlx::query_with(AssertSqlSafe(sql), values)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|r| r.rows_affected());
-                stats::query_finished(op, started, result.is_ok());
-                Ok(result?)
+                Box::pin(async {
+                    let mut conn = acquire_pg(pool).await?;
+                    let started = Instant::now();
+                    let result = sqlx::query_with(AssertSqlSafe(sql), values)
+                        .execute(&mut *conn)
+                        .await
+                        .map(|r| r.rows_affected());
+                    stats::query_finished(op, started, result.is_ok());
+                    Ok(result?)
+                })
+                .await
             }
         }
     }
@@ -603,7 +618,7 @@ impl Tx {
                 // The next writer may go in now.
                 drop(tx);
             }
-            TxConn::Postgres(tx) => tx.commit().await?,
+            TxConn::Postgres(tx) => Box::pin(tx.commit()).await?,
         }
         for hook in after_commit {
             hook();
@@ -614,7 +629,7 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.conn {
             TxConn::Sqlite(mut tx) => tx.end("ROLLBACK")?,
-            TxConn::Postgres(tx) => tx.rollback().await?,
+            TxConn::Postgres(tx) => Box::pin(tx.rollback()).await?,
         }
         Ok(())
     }
@@ -668,9 +683,9 @@ impl Tx {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
-                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_all(&mut **tx)
-                    .await;
+                let result =
+                    Box::pin(sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(&mut **tx))
+                        .await;
                 stats::query_finished(op, started, result.is_ok());
                 result.map_err(StoreError::from)
             }
@@ -698,9 +713,10 @@ impl Tx {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
-                let result = sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_optional(&mut **tx)
-                    .await;
+                let result = Box::pin(
+                    sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_optional(&mut **tx),
+                )
+                .await;
                 stats::query_finished(op, started, result.is_ok());
                 result.map_err(StoreError::from)
             }
@@ -729,10 +745,10 @@ impl Tx {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
-                let result = sqlx::query_with(AssertSqlSafe(sql), values)
-                    .execute(&mut **tx)
-                    .await
-                    .map(|r| r.rows_affected());
+                let result =
+                    Box::pin(sqlx::query_with(AssertSqlSafe(sql), values).execute(&mut **tx))
+                        .await
+                        .map(|r| r.rows_affected());
                 stats::query_finished(op, started, result.is_ok());
                 result.map_err(StoreError::from)
             }
@@ -745,11 +761,12 @@ impl Tx {
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
         let result = match &mut self.conn {
             TxConn::Sqlite(tx) => tx.conn.execute_batch(sql).map_err(StoreError::from),
-            TxConn::Postgres(tx) => sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-                .execute(&mut **tx)
-                .await
-                .map(|_| ())
-                .map_err(StoreError::from),
+            TxConn::Postgres(tx) => {
+                Box::pin(sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **tx))
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::from)
+            }
         };
         self.observe(result)
     }

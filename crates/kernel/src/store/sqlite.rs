@@ -376,10 +376,11 @@ pub(crate) fn fetch_all<T: DeserializeOwned>(
     values: &sea_query::Values,
 ) -> Result<Vec<T>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
+    let names = column_names(&stmt);
     let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(Bind)))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(decode(row)?);
+        out.push(decode(row, &names)?);
     }
     Ok(out)
 }
@@ -391,10 +392,11 @@ pub(crate) fn fetch_all_pairs<A: DeserializeOwned, B: DeserializeOwned>(
     values: &sea_query::Values,
 ) -> Result<Vec<(A, B)>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
+    let names = column_names(&stmt);
     let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(Bind)))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push((decode(row)?, decode(row)?));
+        out.push((decode(row, &names)?, decode(row, &names)?));
     }
     Ok(out)
 }
@@ -406,9 +408,10 @@ pub(crate) fn fetch_optional<T: DeserializeOwned>(
     values: &sea_query::Values,
 ) -> Result<Option<T>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
+    let names = column_names(&stmt);
     let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(Bind)))?;
     match rows.next()? {
-        Some(row) => Ok(Some(decode(row)?)),
+        Some(row) => Ok(Some(decode(row, &names)?)),
         None => Ok(None),
     }
 }
@@ -424,8 +427,14 @@ pub(crate) fn execute(
     Ok(n as u64)
 }
 
-fn decode<T: DeserializeOwned>(row: &rusqlite::Row<'_>) -> Result<T, StoreError> {
-    T::deserialize(RowDeserializer { row }).map_err(|e| {
+/// The statement's column names, read once per execution: SQLite hands each one out as a C
+/// string (length and UTF-8 check per call), and every row decodes its fields by name.
+fn column_names(stmt: &rusqlite::Statement<'_>) -> Vec<String> {
+    stmt.column_names().into_iter().map(str::to_owned).collect()
+}
+
+fn decode<T: DeserializeOwned>(row: &rusqlite::Row<'_>, names: &[String]) -> Result<T, StoreError> {
+    T::deserialize(RowDeserializer { row, names }).map_err(|e| {
         StoreError::Other(anyhow::anyhow!(
             "a row did not decode into {}: {e}",
             std::any::type_name::<T>()
@@ -563,17 +572,19 @@ impl From<rusqlite::Error> for DecodeError {
 /// A row as a map from column name to value, for `#[derive(Deserialize)]` row types.
 pub struct RowDeserializer<'a, 'stmt> {
     row: &'a rusqlite::Row<'stmt>,
+    /// The statement's column names, by position.
+    names: &'a [String],
 }
 
 impl<'de> de::Deserializer<'de> for RowDeserializer<'_, '_> {
     type Error = DecodeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        let stmt: &rusqlite::Statement<'_> = self.row.as_ref();
         visitor.visit_map(Columns {
             row: self.row,
+            names: self.names,
             next: 0,
-            count: stmt.column_count(),
+            count: self.names.len(),
         })
     }
 
@@ -583,11 +594,11 @@ impl<'de> de::Deserializer<'de> for RowDeserializer<'_, '_> {
         _len: usize,
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let stmt: &rusqlite::Statement<'_> = self.row.as_ref();
         visitor.visit_seq(Columns {
             row: self.row,
+            names: self.names,
             next: 0,
-            count: stmt.column_count(),
+            count: self.names.len(),
         })
     }
 
@@ -624,6 +635,7 @@ impl<'de> de::SeqAccess<'de> for Columns<'_, '_> {
 
 struct Columns<'a, 'stmt> {
     row: &'a rusqlite::Row<'stmt>,
+    names: &'a [String],
     next: usize,
     count: usize,
 }
@@ -638,8 +650,7 @@ impl<'de> de::MapAccess<'de> for Columns<'_, '_> {
         if self.next >= self.count {
             return Ok(None);
         }
-        let stmt: &rusqlite::Statement<'_> = self.row.as_ref();
-        let name = stmt.column_name(self.next)?;
+        let name = self.names[self.next].as_str();
         seed.deserialize(name.into_deserializer()).map(Some)
     }
 
