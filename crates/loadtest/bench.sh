@@ -11,11 +11,14 @@
 #   list64   GET /api/v1/trade/shipments?page_size=20, authenticated, 64 connections
 #   list256  the same, 256 connections
 #   health   GET /health, 64 connections (sqlite only)
+#   baseline GET /health of keel-baseline (a bare axum server), 64 connections (sqlite
+#            only): what this machine and the load generator do at best, to read the
+#            other figures against
 #
 # and prints the median requests/s, p50 and p99 of the runs. Reports land in
 # $BENCH_OUT (default /tmp/keel-bench/<engine>). Needs the release binaries:
 #   cargo build --release -p keel -p keel-loadtest
-# Env: RUNS, DURATION (30s), SHIPMENTS (100000), CASES ("list64 list256 health"),
+# Env: RUNS, DURATION (30s), SHIPMENTS (100000), CASES ("list64 list256 health baseline"),
 #      CARGO_TARGET_DIR, BENCH_PG (postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +30,7 @@ shipments="${SHIPMENTS:-100000}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 keel="$(realpath "$target_dir/release/keel")"
 load="$(realpath "$target_dir/release/keel-load")"
+baseline="$(realpath "$target_dir/release/keel-baseline")"
 config="$(realpath crates/loadtest/bench.toml)"
 out="${BENCH_OUT:-/tmp/keel-bench/$engine}"
 password="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -39,7 +43,7 @@ export KEEL_CONFIG="$config" KEEL_DATA_DIR="$work/data"
 export KEEL_AUTH__ACCESS_TOKEN_TTL_SECS=7200
 db=""
 case "$engine" in
-  sqlite) cases="${CASES:-list64 list256 health}" ;;
+  sqlite) cases="${CASES:-list64 list256 health baseline}" ;;
   postgres)
     cases="${CASES:-list64 list256}"
     db="keel_bench_$$"
@@ -50,8 +54,9 @@ case "$engine" in
   *) echo "engine: sqlite or postgres" >&2; exit 2 ;;
 esac
 
-server=""
+server="" bare=""
 cleanup() {
+  [ -n "$bare" ] && { kill "$bare" 2>/dev/null || true; wait "$bare" 2>/dev/null || true; }
   [ -n "$server" ] && { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
   [ -n "$db" ] && psql "$pg/test" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
   cp "$work/serve.log" "$out/serve.log" 2>/dev/null || true
@@ -71,17 +76,27 @@ server=$!
 for _ in $(seq 1 120); do curl -sf "$host/health" >/dev/null && break; sleep 0.5; done
 curl -sf "$host/health" >/dev/null || { echo "keel serve did not start" >&2; tail -40 "$work/serve.log" >&2; exit 1; }
 
+bare_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+case " $cases " in
+  *" baseline "*)
+    "$baseline" "127.0.0.1:$bare_port" 2>/dev/null &
+    bare=$!
+    for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$bare_port/health" >/dev/null && break; sleep 0.2; done
+    ;;
+esac
+
 run_case() { # run_case <name> <run number>
-  local name=$1 n=$2 args=()
+  local name=$1 n=$2 args=() url=$host pid=$server
   case "$name" in
     list64) args=(--email "$email" --password "$password" max --auth -c 64
                   --path '/api/v1/trade/shipments?page_size=20') ;;
     list256) args=(--email "$email" --password "$password" max --auth -c 256
                    --path '/api/v1/trade/shipments?page_size=20') ;;
     health) args=(max -c 64 --path /health) ;;
+    baseline) args=(max -c 64 --path /health); url="http://127.0.0.1:$bare_port"; pid=$bare ;;
     *) echo "unknown case $name" >&2; return 2 ;;
   esac
-  "$load" --host "$host" --server-pid "$server" --report "$out/$name-$n.json" \
+  "$load" --host "$url" --server-pid "$pid" --report "$out/$name-$n.json" \
     "${args[@]}" --duration "$duration" >"$out/$name-$n.txt" 2>&1 || {
       echo "$name run $n failed:" >&2; tail -30 "$out/$name-$n.txt" >&2; return 1; }
   jq -r --arg c "$name" --arg n "$n" \

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The soak of PERFORMANCE.md, reproducible: the seed mix at a steady load for a long time,
+# watching the server's memory.
+#
+#   crates/loadtest/soak.sh sqlite      # or: postgres
+#
+# Starts `keel serve` on a fresh SQLite file (or a fresh PostgreSQL database on
+# 127.0.0.1:5432) with the benchmark configuration (crates/loadtest/bench.toml), runs
+# `keel-load mix` with USERS paced users (one request a second each) for DURATION, and
+# samples the server's resident memory (VmRSS) every SAMPLE seconds into rss.csv. Passes
+# when the mix had no failure and the RSS at the end is less than MAX_GROWTH % above the
+# RSS once warm (WARM seconds into the run: connections open, caches and SQLite's page
+# cache filled). Reports land in $SOAK_OUT (default /tmp/keel-soak/<engine>).
+# Needs the release binaries: cargo build --release -p keel -p keel-loadtest
+# Env: USERS (400), DURATION (30m), WARM (300), SAMPLE (10), MAX_GROWTH (10),
+#      CARGO_TARGET_DIR, BENCH_PG (postgres://postgres@127.0.0.1:5432).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+engine="${1:?usage: soak.sh sqlite|postgres}"
+users="${USERS:-400}"
+duration="${DURATION:-30m}"
+warm="${WARM:-300}"
+sample="${SAMPLE:-10}"
+max_growth="${MAX_GROWTH:-10}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+keel="$(realpath "$target_dir/release/keel")"
+load="$(realpath "$target_dir/release/keel-load")"
+config="$(realpath crates/loadtest/bench.toml)"
+out="${SOAK_OUT:-/tmp/keel-soak/$engine}"
+
+work="$(mktemp -d)"
+mkdir -p "$out"
+export KEEL_CONFIG="$config" KEEL_DATA_DIR="$work/data"
+# The run outlives the default 15-minute access token.
+export KEEL_AUTH__ACCESS_TOKEN_TTL_SECS=14400
+db=""
+case "$engine" in
+  sqlite) ;;
+  postgres)
+    db="keel_soak_$$"
+    pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
+    psql "$pg/test" -qc "CREATE DATABASE $db"
+    export KEEL_DATABASE_URL="$pg/$db"
+    ;;
+  *) echo "engine: sqlite or postgres" >&2; exit 2 ;;
+esac
+
+server="" sampler=""
+cleanup() {
+  [ -n "$sampler" ] && { kill "$sampler" 2>/dev/null || true; }
+  [ -n "$server" ] && { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+  [ -n "$db" ] && psql "$pg/test" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
+  cp "$work/serve.log" "$out/serve.log" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+host="http://127.0.0.1:$port"
+KEEL_LISTEN="127.0.0.1:$port" "$keel" serve >"$work/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 120); do curl -sf "$host/health" >/dev/null && break; sleep 0.5; done
+curl -sf "$host/health" >/dev/null || { echo "keel serve did not start" >&2; tail -40 "$work/serve.log" >&2; exit 1; }
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
+echo "seconds,rss_kib" >"$out/rss.csv"
+(
+  start=$(date +%s)
+  while kill -0 "$server" 2>/dev/null; do
+    echo "$(( $(date +%s) - start )),$(rss_kib)" >>"$out/rss.csv"
+    sleep "$sample"
+  done
+) &
+sampler=$!
+
+status=0
+"$load" --host "$host" --prepare --shipments 500 --report "$out/mix.json" --server-pid "$server" \
+  mix --users "$users" --spawn-rate 100 --duration "$duration" --max-failure-rate 0 \
+  --no-latency-criteria >"$out/mix.txt" 2>&1 || status=$?
+cat "$out/mix.txt"
+kill "$sampler" 2>/dev/null || true
+sampler=""
+
+if grep -q "panicked" "$work/serve.log"; then
+  echo "keel serve panicked during the soak" >&2
+  status=1
+fi
+
+# RSS once warm (the first sample at or after WARM seconds), at its peak, and at the end.
+python3 - "$out/rss.csv" "$warm" "$max_growth" <<'EOF' || status=1
+import csv, sys
+rows = [(int(r["seconds"]), int(r["rss_kib"])) for r in csv.DictReader(open(sys.argv[1])) if r["rss_kib"]]
+warm_at, limit = int(sys.argv[2]), float(sys.argv[3])
+start = rows[0][1]
+warm = next((kib for s, kib in rows if s >= warm_at), rows[-1][1])
+end, peak = rows[-1][1], max(kib for _, kib in rows)
+growth = (end - warm) * 100.0 / warm
+mib = lambda k: f"{k / 1024:.1f} MiB"
+print(f"RSS: start {mib(start)}, warm ({warm_at} s) {mib(warm)}, peak {mib(peak)}, end {mib(end)}")
+print(f"growth after warm-up: {growth:+.1f} % (limit {limit:.0f} %)")
+sys.exit(0 if growth < limit else 1)
+EOF
+exit "$status"
