@@ -51,7 +51,7 @@ async fn raw(db: &Db, sql: &str) -> Result<u64, String> {
             .await
             .map_err(|e| e.to_string()),
         Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(pool)
+            .execute(pool.pool())
             .await
             .map(|r| r.rows_affected())
             .map_err(|e| e.to_string()),

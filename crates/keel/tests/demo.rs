@@ -66,7 +66,7 @@ async fn scalar(app: &TestApp, sql: &str) -> u64 {
         },
         keel_kernel::store::Db::Postgres(pool) => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
-                .fetch_one(pool)
+                .fetch_one(pool.pool())
                 .await
                 .expect("count")
         }
@@ -123,7 +123,7 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
         let (tuples,): (f32,) = sqlx::query_as(
             "SELECT reltuples FROM pg_class WHERE oid = 'trade_shipments'::regclass",
         )
-        .fetch_one(pool)
+        .fetch_one(pool.pool())
         .await
         .expect("reltuples");
         assert!(tuples >= 1500.0, "statistics after the seed: {tuples}");
@@ -252,7 +252,7 @@ async fn the_demo_seed_signs_in_and_its_totals_equal_the_rows() {
             })
             .map_err(|e| e.to_string()),
         keel_kernel::store::Db::Postgres(pool) => sqlx::query_as(sql)
-            .fetch_one(pool)
+            .fetch_one(pool.pool())
             .await
             .map_err(|e| e.to_string()),
     }

@@ -602,7 +602,7 @@ async fn sms_goes_to_a_twilio_compatible_provider_and_a_bad_moment_is_retried() 
             .into_bytes(),
         keel_kernel::store::Db::Postgres(p) => {
             sqlx::query_scalar::<_, String>("SELECT sms_number FROM notification_contacts")
-                .fetch_one(p)
+                .fetch_one(p.pool())
                 .await
                 .expect("row")
                 .into_bytes()

@@ -161,3 +161,66 @@ async fn an_overlong_url_answers_414_and_an_oversized_head_431() {
         .expect("send");
     assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
+
+/// A burst of writes cannot take every database connection: transactions queue for the
+/// node's write turn (SQLite) or one of its writer slots (PostgreSQL: half the pool), reads
+/// keep running meanwhile, a waiting writer goes in when a slot frees, and one that waits
+/// longer than the configured bound gives up with a contention error (503), not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_queue_for_their_slots_and_reads_still_get_connections() {
+    use keel_kernel::config::DatabaseKind;
+    use keel_kernel::store::Db;
+    use sea_query::{Expr, Query};
+
+    let test_db = keel_testkit::TestDb::new().await.expect("test database");
+    let mut config = test_db.config();
+    config.database.max_connections = 4;
+    config.database.acquire_timeout_ms = 1500;
+    config.database.sqlite_busy_timeout_ms = 1500;
+    let db = Db::connect(&config).await.expect("connect");
+    let slots = match db.kind() {
+        DatabaseKind::Sqlite => 1,
+        DatabaseKind::Postgres => 2,
+    };
+    let read = Query::select().expr(Expr::cust("CAST(1 AS BIGINT)")).to_owned();
+
+    let mut held = Vec::new();
+    for _ in 0..slots {
+        held.push(db.begin().await.expect("a free writer slot"));
+    }
+    let waiting = {
+        let db = db.clone();
+        tokio::spawn(async move { db.begin().await?.commit().await })
+    };
+    // More reads than the pool has connections, while every writer slot is taken.
+    for _ in 0..12 {
+        let rows: Vec<(i64,)> = db
+            .fetch_all(&read)
+            .await
+            .expect("a read while writers wait");
+        assert_eq!(rows, vec![(1,)]);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a writer went in while every slot was taken"
+    );
+    held.pop();
+    waiting
+        .await
+        .expect("join")
+        .expect("the waiting writer goes in once a slot is free");
+
+    // Every slot taken again: a writer that waits past the bound gives up.
+    held.push(db.begin().await.expect("the freed slot"));
+    let err = db.begin().await.expect_err("no slot within the bound");
+    assert!(err.is_contention(), "{err}");
+    drop(held);
+    db.begin()
+        .await
+        .expect("slots are free again")
+        .commit()
+        .await
+        .expect("commit");
+    db.close().await;
+}

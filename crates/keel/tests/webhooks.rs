@@ -400,7 +400,7 @@ async fn raw(db: &keel_kernel::store::Db, sql: &str) {
             .map_err(|e| e.to_string()),
         keel_kernel::store::Db::Postgres(pool) => {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(pool)
+                .execute(pool.pool())
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

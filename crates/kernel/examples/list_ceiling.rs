@@ -81,7 +81,7 @@ async fn seed(db: &Db, org: Uuid) -> anyhow::Result<()> {
         match db {
             Db::Sqlite(sqlite) => sqlite.with_connection(|c| c.execute_batch(&sql)).await?,
             Db::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(pool)
+                .execute(pool.pool())
                 .await
                 .map(|_| ())?,
         }

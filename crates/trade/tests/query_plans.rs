@@ -23,7 +23,7 @@ async fn analyze(db: &Db) {
             .await
             .map_err(|e| e.to_string()),
         Db::Postgres(pool) => sqlx::query("ANALYZE trade_shipments")
-            .execute(pool)
+            .execute(pool.pool())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),

@@ -224,7 +224,9 @@ impl FromRequestParts<AppState> for Principal {
         let auth = &state.auth;
         let (principal, via_cookie) = match bearer(parts) {
             Some(token) if token.starts_with(API_KEY_PREFIX) => {
-                (api_key_principal(state, token).await?, false)
+                // Boxed: the cache lookup's future is large, and every request's middleware
+                // future would otherwise carry (and copy) its size.
+                (Box::pin(api_key_principal(state, token)).await?, false)
             }
             Some(token) => (token_principal(auth, token)?, false),
             None => match cookie(parts, ACCESS_COOKIE) {

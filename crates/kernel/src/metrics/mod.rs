@@ -91,13 +91,13 @@ fn describe() {
         "Connection requests that found no idle connection"
     );
     metrics::describe_histogram!(
-        "keel_db_sqlite_write_wait_seconds",
+        "keel_db_write_wait_seconds",
         metrics::Unit::Seconds,
-        "SQLite: time a write waited for this node's turn to write"
+        "Time a transaction waited for this node's write turn (SQLite) or a writer slot (PostgreSQL)"
     );
     metrics::describe_counter!(
-        "keel_db_sqlite_write_waits_total",
-        "SQLite: writes that found another write of this node in progress"
+        "keel_db_write_waits_total",
+        "Transactions that had to wait for the write turn (SQLite) or a writer slot (PostgreSQL)"
     );
     metrics::describe_gauge!(
         "keel_circuit_breaker_state",

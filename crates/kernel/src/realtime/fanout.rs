@@ -143,7 +143,7 @@ impl Fanout {
             Fanout::Postgres {
                 db: Db::Postgres(pool),
                 channel,
-            } => Some(Box::pin(listen_postgres(pool, channel, hub))),
+            } => Some(Box::pin(listen_postgres(pool.pool().clone(), channel, hub))),
             _ => None,
         }
     }

@@ -30,6 +30,7 @@ pub use unit::{RetryPolicy, Savepoint, UnitOfWork};
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -186,7 +187,73 @@ impl<'de> serde::de::Visitor<'de> for JsonText {
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite(SqliteDb),
-    Postgres(PgPool),
+    Postgres(PgDb),
+}
+
+/// PostgreSQL: the connection pool and the node's writer slots.
+///
+/// Writes that touch the same rows (an organization's tallies, its audit chain head) queue
+/// on row locks inside PostgreSQL, each holding a pooled connection while it waits. Without
+/// a bound, a burst of writes to one organization takes every connection of the pool and
+/// reads — of every organization on the node — wait behind them. A transaction therefore
+/// first takes one of the node's writer slots (half the pool, a fair queue, waited for
+/// asynchronously and bounded by `database.acquire_timeout_ms`); the other half of the pool
+/// stays free for reads. It derefs to the pool for engine-specific code.
+#[derive(Debug, Clone)]
+pub struct PgDb {
+    pool: PgPool,
+    writers: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+}
+
+impl PgDb {
+    pub fn new(pool: PgPool, max_connections: u32, wait: Duration) -> Self {
+        let slots = (max_connections as usize / 2).max(1);
+        Self {
+            pool,
+            writers: Arc::new(tokio::sync::Semaphore::new(slots)),
+            wait,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Writer slots free now (for tests and metrics).
+    pub fn free_writer_slots(&self) -> usize {
+        self.writers.available_permits()
+    }
+
+    async fn writer_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        let started = Instant::now();
+        if let Ok(permit) = self.writers.clone().try_acquire_owned() {
+            stats::write_turn_taken(started, false);
+            return Ok(permit);
+        }
+        match tokio::time::timeout(self.wait, self.writers.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                stats::write_turn_taken(started, true);
+                Ok(permit)
+            }
+            Ok(Err(closed)) => Err(StoreError::Unavailable(Box::new(closed))),
+            Err(_) => Err(StoreError::Contention(
+                format!(
+                    "no writer slot became free within {} ms",
+                    self.wait.as_millis()
+                )
+                .into(),
+            )),
+        }
+    }
+}
+
+impl std::ops::Deref for PgDb {
+    type Target = PgPool;
+
+    fn deref(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 /// Pool figures for health and metrics.
@@ -264,7 +331,7 @@ impl Db {
                     let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
                     sqlx::raw_sql(AssertSqlSafe(create)).execute(&pool).await?;
                 }
-                Ok(Db::Postgres(pool))
+                Ok(Db::Postgres(PgDb::new(pool, db.max_connections, acquire)))
             }
         }
     }
@@ -293,7 +360,7 @@ impl Db {
                 conn.query_row("SELECT 1", [], |_| Ok(()))?;
             }
             Db::Postgres(pool) => {
-                Box::pin(sqlx::raw_sql("SELECT 1").execute(pool)).await?;
+                Box::pin(sqlx::raw_sql("SELECT 1").execute(pool.pool())).await?;
             }
         }
         Ok(started.elapsed())
@@ -333,11 +400,12 @@ impl Db {
                     _turn: turn,
                 })
             }
-            Db::Postgres(pool) => {
-                let waited = pool.num_idle() == 0;
-                let tx = Box::pin(pool.begin()).await?;
+            Db::Postgres(pg) => {
+                let slot = pg.writer_slot().await?;
+                let waited = pg.num_idle() == 0;
+                let tx = Box::pin(pg.pool().begin()).await?;
                 stats::acquired("transaction", started, waited);
-                TxConn::Postgres(tx)
+                TxConn::Postgres(tx, slot)
             }
         };
         Ok(Tx {
@@ -486,7 +554,7 @@ impl Db {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let rows: Vec<(String,)> =
                     sqlx::query_as_with(AssertSqlSafe(format!("EXPLAIN {sql}")), values)
-                        .fetch_all(pool)
+                        .fetch_all(pool.pool())
                         .await?;
                 Ok(rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n"))
             }
@@ -511,7 +579,7 @@ impl Db {
                 )));
             }
             sqlx::query(AssertSqlSafe(format!("ANALYZE \"{t}\"")))
-                .execute(pool)
+                .execute(pool.pool())
                 .await?;
         }
         Ok(())
@@ -562,7 +630,11 @@ pub struct Tx {
 
 enum TxConn {
     Sqlite(SqliteTx),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// The transaction and the node's writer slot it holds until it ends.
+    Postgres(
+        sqlx::Transaction<'static, sqlx::Postgres>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
 }
 
 /// A SQLite transaction: its connection and this node's write turn, held until it ends.
@@ -618,7 +690,7 @@ impl Tx {
                 // The next writer may go in now.
                 drop(tx);
             }
-            TxConn::Postgres(tx) => Box::pin(tx.commit()).await?,
+            TxConn::Postgres(tx, _slot) => Box::pin(tx.commit()).await?,
         }
         for hook in after_commit {
             hook();
@@ -629,7 +701,7 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.conn {
             TxConn::Sqlite(mut tx) => tx.end("ROLLBACK")?,
-            TxConn::Postgres(tx) => Box::pin(tx.rollback()).await?,
+            TxConn::Postgres(tx, _slot) => Box::pin(tx.rollback()).await?,
         }
         Ok(())
     }
@@ -637,7 +709,7 @@ impl Tx {
     pub fn kind(&self) -> DatabaseKind {
         match self.conn {
             TxConn::Sqlite(_) => DatabaseKind::Sqlite,
-            TxConn::Postgres(_) => DatabaseKind::Postgres,
+            TxConn::Postgres(..) => DatabaseKind::Postgres,
         }
     }
 
@@ -679,7 +751,7 @@ impl Tx {
                 stats::query_finished(op, started, result.is_ok());
                 result
             }
-            TxConn::Postgres(tx) => {
+            TxConn::Postgres(tx, _) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
@@ -709,7 +781,7 @@ impl Tx {
                 stats::query_finished(op, started, result.is_ok());
                 result
             }
-            TxConn::Postgres(tx) => {
+            TxConn::Postgres(tx, _) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
@@ -741,7 +813,7 @@ impl Tx {
                 stats::query_finished(op, started, result.is_ok());
                 result
             }
-            TxConn::Postgres(tx) => {
+            TxConn::Postgres(tx, _) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
@@ -761,7 +833,7 @@ impl Tx {
     pub(crate) async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
         let result = match &mut self.conn {
             TxConn::Sqlite(tx) => tx.conn.execute_batch(sql).map_err(StoreError::from),
-            TxConn::Postgres(tx) => {
+            TxConn::Postgres(tx, _) => {
                 Box::pin(sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **tx))
                     .await
                     .map(|_| ())

@@ -103,12 +103,13 @@ pub(crate) fn is_read(op: &str) -> bool {
     op == "select" || op.starts_with("select ") || op == "with" || op.starts_with("with ")
 }
 
-/// Records a SQLite writer's wait for this node's write turn (`database.sqlite_*`).
+/// Records a transaction's wait for this node's write turn (SQLite) or writer slot
+/// (PostgreSQL).
 pub(crate) fn write_turn_taken(started: Instant, waited: bool) {
     let elapsed = started.elapsed();
-    metrics::histogram!("keel_db_sqlite_write_wait_seconds").record(elapsed.as_secs_f64());
+    metrics::histogram!("keel_db_write_wait_seconds").record(elapsed.as_secs_f64());
     if waited {
-        metrics::counter!("keel_db_sqlite_write_waits_total").increment(1);
+        metrics::counter!("keel_db_write_waits_total").increment(1);
     }
 }
 
