@@ -182,7 +182,9 @@ async fn writers_queue_for_their_slots_and_reads_still_get_connections() {
         DatabaseKind::Sqlite => 1,
         DatabaseKind::Postgres => 2,
     };
-    let read = Query::select().expr(Expr::cust("CAST(1 AS BIGINT)")).to_owned();
+    let read = Query::select()
+        .expr(Expr::cust("CAST(1 AS BIGINT)"))
+        .to_owned();
 
     let mut held = Vec::new();
     for _ in 0..slots {
