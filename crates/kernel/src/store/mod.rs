@@ -220,11 +220,6 @@ impl PgDb {
         &self.pool
     }
 
-    /// Writer slots free now (for tests and metrics).
-    pub fn free_writer_slots(&self) -> usize {
-        self.writers.available_permits()
-    }
-
     async fn writer_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
         let started = Instant::now();
         if let Ok(permit) = self.writers.clone().try_acquire_owned() {

@@ -584,7 +584,6 @@ impl<'de> de::Deserializer<'de> for RowDeserializer<'_, '_> {
             row: self.row,
             names: self.names,
             next: 0,
-            count: self.names.len(),
         })
     }
 
@@ -598,7 +597,6 @@ impl<'de> de::Deserializer<'de> for RowDeserializer<'_, '_> {
             row: self.row,
             names: self.names,
             next: 0,
-            count: self.names.len(),
         })
     }
 
@@ -620,7 +618,7 @@ impl<'de> de::SeqAccess<'de> for Columns<'_, '_> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, DecodeError> {
-        if self.next >= self.count {
+        if self.next >= self.names.len() {
             return Ok(None);
         }
         let value = self.row.get_ref(self.next)?;
@@ -629,15 +627,15 @@ impl<'de> de::SeqAccess<'de> for Columns<'_, '_> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.count - self.next)
+        Some(self.names.len() - self.next)
     }
 }
 
 struct Columns<'a, 'stmt> {
     row: &'a rusqlite::Row<'stmt>,
+    /// The statement's column names, by position: their number is the row's width.
     names: &'a [String],
     next: usize,
-    count: usize,
 }
 
 impl<'de> de::MapAccess<'de> for Columns<'_, '_> {
@@ -647,7 +645,7 @@ impl<'de> de::MapAccess<'de> for Columns<'_, '_> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, DecodeError> {
-        if self.next >= self.count {
+        if self.next >= self.names.len() {
             return Ok(None);
         }
         let name = self.names[self.next].as_str();
@@ -664,7 +662,7 @@ impl<'de> de::MapAccess<'de> for Columns<'_, '_> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.count - self.next)
+        Some(self.names.len() - self.next)
     }
 }
 
