@@ -93,7 +93,12 @@ fn list(c: &mut Criterion) {
                 n: i64,
             }
             let rows: Vec<store::Shipment> = db
-                .fetch_all(&store::page_query(&scope, &Filter::default(), &page))
+                .fetch_all(&store::page_query(
+                    &scope,
+                    &Filter::default(),
+                    &page,
+                    store::SearchPlan::default(),
+                ))
                 .await
                 .expect("page");
             let n: N = db

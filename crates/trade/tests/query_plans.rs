@@ -8,7 +8,7 @@ use keel_kernel::demo::{DemoOptions, seed};
 use keel_kernel::http::pagination::PageParams;
 use keel_kernel::store::Db;
 use keel_kernel::tenancy::TenantScope;
-use keel_trade::shipments::store::{Filter, page_query};
+use keel_trade::shipments::store::{Filter, SearchPlan, count_query, page_query};
 use keel_trade::shipments::{EbrcStatus, Status};
 use sea_query::SelectStatement;
 
@@ -70,37 +70,66 @@ async fn list_queries_read_the_organization_indexes_in_order() {
     )
     .await
     .expect("seed");
-    analyze(&app.state.db).await;
     let scope = TenantScope::for_tests(report.org_id);
     let db = &app.state.db;
+    // Before statistics exist (a new SQLite database has none) and after.
+    rare_term_reads_the_trigram_index(db, &scope).await;
+    analyze(db).await;
+    rare_term_reads_the_trigram_index(db, &scope).await;
 
-    let unfiltered = plan(db, &page_query(&scope, &Filter::default(), &page(None))).await;
+    let unfiltered = plan(
+        db,
+        &page_query(
+            &scope,
+            &Filter::default(),
+            &page(None),
+            SearchPlan::default(),
+        ),
+    )
+    .await;
     assert_ordered_index(&unfiltered, "trade_shipments_org_created", "unfiltered");
 
     let by_status = Filter {
         status: Some(Status::Delivered),
         ..Default::default()
     };
-    let p = plan(db, &page_query(&scope, &by_status, &page(None))).await;
+    let p = plan(
+        db,
+        &page_query(&scope, &by_status, &page(None), SearchPlan::default()),
+    )
+    .await;
     assert_ordered_index(&p, "trade_shipments_org_status", "status");
 
     let by_ebrc = Filter {
         ebrc_status: Some(EbrcStatus::Pending),
         ..Default::default()
     };
-    let p = plan(db, &page_query(&scope, &by_ebrc, &page(None))).await;
+    let p = plan(
+        db,
+        &page_query(&scope, &by_ebrc, &page(None), SearchPlan::default()),
+    )
+    .await;
     assert_ordered_index(&p, "trade_shipments_org_ebrc", "e-BRC status");
 
     let by_country = Filter {
         destination_country: Some("DE".into()),
         ..Default::default()
     };
-    let p = plan(db, &page_query(&scope, &by_country, &page(None))).await;
+    let p = plan(
+        db,
+        &page_query(&scope, &by_country, &page(None), SearchPlan::default()),
+    )
+    .await;
     assert_ordered_index(&p, "trade_shipments_org_destination", "destination");
 
     let p = plan(
         db,
-        &page_query(&scope, &Filter::default(), &page(Some("reference"))),
+        &page_query(
+            &scope,
+            &Filter::default(),
+            &page(Some("reference")),
+            SearchPlan::default(),
+        ),
     )
     .await;
     assert_ordered_index(&p, "trade_shipments_org_reference", "sort by reference");
@@ -112,6 +141,66 @@ async fn list_queries_read_the_organization_indexes_in_order() {
         created_to: Some(now),
         ..Default::default()
     };
-    let p = plan(db, &page_query(&scope, &by_range, &page(None))).await;
+    let p = plan(
+        db,
+        &page_query(&scope, &by_range, &page(None), SearchPlan::default()),
+    )
+    .await;
     assert_ordered_index(&p, "trade_shipments_org_created", "created range");
+
+    // A term in every row finds its page by reading the organization's index in order.
+    let common = Filter {
+        q: Some("demo".into()),
+        ..Default::default()
+    };
+    let chosen = SearchPlan::choose(db, &scope, &common).await.expect("plan");
+    assert!(!chosen.page, "{chosen:?}");
+    let p = plan(db, &page_query(&scope, &common, &page(None), chosen)).await;
+    assert_ordered_index(&p, "trade_shipments_org_created", "common term");
+}
+
+/// A rare term reads its rows through the trigram index on SQLite (the FTS5 table, then
+/// each row by rowid), for the page and for its total. PostgreSQL's planner weighs its GIN
+/// index against the organization's rows itself (at 6,000 rows a sequential scan is
+/// cheaper; at 100,000 it takes the index), so there the index must exist.
+async fn rare_term_reads_the_trigram_index(db: &Db, scope: &TenantScope) {
+    let rare = Filter {
+        q: Some(format!("{:07}", 4567)),
+        ..Default::default()
+    };
+    let chosen = SearchPlan::choose(db, scope, &rare).await.expect("plan");
+    match db {
+        Db::Sqlite(_) => {
+            assert_eq!(
+                chosen,
+                SearchPlan {
+                    page: true,
+                    total: true
+                }
+            );
+            let page_plan = plan(db, &page_query(scope, &rare, &page(None), chosen)).await;
+            let count_plan = plan(db, &count_query(scope, &rare, chosen.total)).await;
+            for (p, what) in [(&page_plan, "page"), (&count_plan, "total")] {
+                assert!(
+                    p.contains("trade_shipments_search VIRTUAL TABLE")
+                        && p.contains("INTEGER PRIMARY KEY (rowid=?)"),
+                    "rare term, {what}: expected the trigram index in\n{p}"
+                );
+            }
+        }
+        Db::Postgres(pool) => {
+            assert_eq!(chosen, SearchPlan::default(), "the planner chooses");
+            let indexes: Vec<(String,)> = sqlx::query_as(
+                "SELECT indexdef FROM pg_indexes \
+                 WHERE schemaname = current_schema() AND indexname = 'trade_shipments_search_trgm'",
+            )
+            .fetch_all(pool.pool())
+            .await
+            .expect("indexes");
+            assert!(
+                indexes.iter().any(|(d,)| d.contains("gin_trgm_ops")),
+                "{indexes:?}"
+            );
+        }
+    }
 }

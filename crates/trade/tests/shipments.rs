@@ -685,3 +685,130 @@ async fn tallies_equal_the_rows_after_concurrent_moves() {
         assert_eq!(got, Some(expected), "{ebrc}");
     }
 }
+
+/// Free-text search gives the same rows whichever way it reads them: through the trigram
+/// index (a term with few matches), or by testing the organization's rows (a term under 3
+/// characters, or one that another organization's rows make common). The index follows
+/// creates, edits and deletes, and never shows another organization's rows.
+#[tokio::test]
+async fn search_finds_the_rows_containing_the_term_through_edits_and_deletes() {
+    let app = spawn().await;
+    let acme = app.register_org("search@acme.example", "Acme").await;
+    let other = app.register_org("search@other.example", "Other").await;
+    let t = &acme.access_token;
+    let found = |body: &Value| {
+        let mut r = references(body);
+        r.sort();
+        (r, body["pagination"]["total"].as_u64())
+    };
+
+    create_shipment(
+        &app,
+        &acme,
+        "SRCH-1",
+        json!({"buyer_name": "Quayside \"Blue\" Traders"}),
+    )
+    .await;
+    let two = create_shipment(
+        &app,
+        &acme,
+        "SRCH-2",
+        json!({"buyer_name": "Northwind Bulk Ltd"}),
+    )
+    .await;
+    let draft = create_shipment(
+        &app,
+        &acme,
+        "SRCH-3",
+        json!({"buyer_name": "Bulkhead Marine"}),
+    )
+    .await;
+    create_shipment(&app, &acme, "SRCH-4", json!({})).await;
+    // Another organization where "bulk" is in more rows than Acme has shipments: Acme's
+    // search for it reads Acme's rows instead of the index, and sees only Acme's.
+    for i in 0..8 {
+        create_shipment(
+            &app,
+            &other,
+            &format!("OTH-{i}"),
+            json!({"buyer_name": "Bulk Carriers"}),
+        )
+        .await;
+    }
+
+    let bulk = list(&app, t, "q=bulk").await;
+    assert_eq!(
+        found(&bulk),
+        (vec!["SRCH-2".into(), "SRCH-3".into()], Some(2)),
+        "{bulk}"
+    );
+    assert_eq!(
+        found(&list(&app, t, "q=BLUE%22%20TR").await),
+        (vec!["SRCH-1".into()], Some(1))
+    );
+    assert_eq!(
+        found(&list(&app, t, "q=%22blue%22").await).1,
+        Some(1),
+        "quotes are literal"
+    );
+    assert_eq!(found(&list(&app, t, "q=srch-").await).1, Some(4));
+    assert_eq!(
+        found(&list(&app, t, "q=-3").await),
+        (vec!["SRCH-3".into()], Some(1)),
+        "2 characters"
+    );
+    assert_eq!(
+        found(&list(&app, t, "q=oth-").await).1,
+        Some(0),
+        "another organization's rows"
+    );
+    let partial = list(&app, t, "q=northwind&page_size=1").await;
+    assert_eq!(found(&partial), (vec!["SRCH-2".into()], Some(1)));
+
+    // An edit moves the row from the old text to the new.
+    let id = id_of(&two);
+    let r = app
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/trade/shipments/{id}"),
+            Some(t),
+            Some(&shipment_body(
+                "SRCH-2",
+                json!({"version": 1, "buyer_name": "Southwind Grain"}),
+            )),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(found(&list(&app, t, "q=northwind").await).1, Some(0));
+    assert_eq!(
+        found(&list(&app, t, "q=southwind").await),
+        (vec!["SRCH-2".into()], Some(1))
+    );
+    assert_eq!(
+        found(&list(&app, t, "q=bulk").await),
+        (vec!["SRCH-3".into()], Some(1))
+    );
+
+    // A deleted draft is no longer found; a new shipment is.
+    let r = app
+        .delete_as(&format!("/api/v1/trade/shipments/{}", id_of(&draft)), t)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(found(&list(&app, t, "q=bulkhead").await).1, Some(0));
+    create_shipment(
+        &app,
+        &acme,
+        "SRCH-5",
+        json!({"buyer_name": "Bulkhead Marine"}),
+    )
+    .await;
+    assert_eq!(
+        found(&list(&app, t, "q=bulkhead").await),
+        (vec!["SRCH-5".into()], Some(1))
+    );
+    // The other organization still sees its own.
+    assert_eq!(
+        found(&list(&app, &other.access_token, "q=bulk").await).1,
+        Some(8)
+    );
+}

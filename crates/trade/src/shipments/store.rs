@@ -3,6 +3,7 @@
 //! transaction (see [`super::tally`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
+use keel_kernel::config::DatabaseKind;
 use keel_kernel::http::pagination::PageRequest;
 use keel_kernel::store::{Db, StoreError, Tx, now};
 use keel_kernel::tenancy::TenantScope;
@@ -259,11 +260,114 @@ impl Filter {
 /// Totals above this under free-text search are reported as this, not exact.
 pub const SEARCH_TOTAL_CAP: u64 = 10_000;
 
-/// How many rows a filter matches, and whether that is exact.
-pub async fn total(
+/// The SQLite FTS5 table indexing `trade_shipments.search` by trigrams (migration 0008).
+const SEARCH_INDEX: &str = "trade_shipments_search";
+
+/// The rowids (`match_rowid`) of every shipment, of any organization, whose search text
+/// contains `q`: a phrase of the trigram tokenizer matches exactly the texts containing it.
+fn index_matches(q: &str) -> SelectStatement {
+    let phrase = format!("\"{}\"", q.replace('"', "\"\""));
+    Query::select()
+        .expr_as(Expr::col("rowid"), "match_rowid")
+        .from(SEARCH_INDEX)
+        .and_where(Expr::cust_with_values(
+            format!("{SEARCH_INDEX} MATCH ?"),
+            [phrase],
+        ))
+        .to_owned()
+}
+
+/// A select of the filter's rows: `FROM trade_shipments WHERE …`, or through the trigram
+/// index, `FROM (index matches) AS m CROSS JOIN trade_shipments WHERE rowid = m.match_rowid
+/// AND …`. SQLite keeps a CROSS JOIN's left side as the outer loop, so the rows are read
+/// by rowid, one per match, whatever index the filter's other terms could use (without
+/// statistics the planner would otherwise walk the organization's index and test every
+/// entry against the matches). The filter's own `search LIKE` still decides each row.
+fn filtered(scope: &TenantScope, filter: &Filter, indexed: bool) -> SelectStatement {
+    let mut select = Query::select();
+    match filter.q.as_deref() {
+        Some(q) if indexed => {
+            select
+                .from_subquery(index_matches(q), "m")
+                .cross_join(TABLE)
+                .cond_where(
+                    filter
+                        .condition(scope)
+                        .add(Expr::col((TABLE, "rowid")).equals(("m", "match_rowid"))),
+                );
+        }
+        _ => {
+            select.from(TABLE).cond_where(filter.condition(scope));
+        }
+    }
+    select
+}
+
+/// A search page reads its rows through the trigram index (and sorts them) only when the
+/// term has at most this many matches; a commoner term is found sooner by reading the
+/// organization's rows in the page's order and testing each.
+const INDEXED_PAGE_MAX: u64 = 1_000;
+
+/// The trigram index is asked how many rows contain the term, counting at most this many.
+const SEARCH_PROBE_MAX: u64 = 50_000;
+
+/// How a search reads its rows. PostgreSQL's planner makes this choice itself from the
+/// term's estimated matches (its trigram index is a GIN index the `LIKE` can use); on
+/// SQLite it is made here, from what the index says the term matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchPlan {
+    /// The page's rows come through the trigram index.
+    pub page: bool,
+    /// The total's rows come through the trigram index.
+    pub total: bool,
+}
+
+impl SearchPlan {
+    /// Asks the trigram index how many shipments (of every organization) contain `q`,
+    /// counting no further than the organization's live shipments, and reads through the
+    /// index whatever it makes cheaper than reading the organization's rows: a term under 3
+    /// characters has no trigram and is always a scan.
+    pub async fn choose(
+        db: &Db,
+        scope: &TenantScope,
+        filter: &Filter,
+    ) -> Result<SearchPlan, StoreError> {
+        let Some(q) = filter.q.as_deref() else {
+            return Ok(SearchPlan::default());
+        };
+        if db.kind() != DatabaseKind::Sqlite || q.chars().count() < 3 {
+            return Ok(SearchPlan::default());
+        }
+        let rows = tally::sum(db, scope.org_id(), None, None).await?;
+        #[derive(sqlx::FromRow, serde::Deserialize)]
+        struct Count {
+            n: i64,
+        }
+        let probe = Query::select()
+            .expr_as(Func::count(Expr::col(sea_query::Asterisk)), "n")
+            .from_subquery(
+                index_matches(q)
+                    .limit(Ord::min(rows, SEARCH_PROBE_MAX) + 1)
+                    .to_owned(),
+                "matches",
+            )
+            .to_owned();
+        let matches = u64::try_from(db.fetch_one::<Count>(&probe).await?.n).unwrap_or(u64::MAX);
+        let total = matches <= Ord::min(rows, SEARCH_PROBE_MAX);
+        Ok(SearchPlan {
+            page: total && matches <= INDEXED_PAGE_MAX,
+            total,
+        })
+    }
+}
+
+/// How many rows a filter matches (through the trigram index when `indexed`), and whether
+/// that is exact.
+async fn count(
     db: &Db,
     scope: &TenantScope,
     filter: &Filter,
+    indexed: bool,
 ) -> Result<(u64, bool), StoreError> {
     if filter.tallied(scope) {
         let n = tally::sum(db, scope.org_id(), filter.status, filter.ebrc_status).await?;
@@ -273,26 +377,7 @@ pub async fn total(
     struct Count {
         n: i64,
     }
-    let cond = filter.condition(scope);
-    let count = if filter.q.is_some() {
-        // Count at most one row past the cap: a broad search never scans everything.
-        let inner = Query::select()
-            .expr(Expr::val(1))
-            .from(TABLE)
-            .cond_where(cond)
-            .limit(SEARCH_TOTAL_CAP + 1)
-            .to_owned();
-        Query::select()
-            .expr_as(Func::count(Expr::col(sea_query::Asterisk)), "n")
-            .from_subquery(inner, "capped")
-            .to_owned()
-    } else {
-        Query::select()
-            .expr_as(Func::count(Expr::col(sea_query::Asterisk)), "n")
-            .from(TABLE)
-            .cond_where(cond)
-            .to_owned()
-    };
+    let count = count_query(scope, filter, indexed);
     let row: Count = db.fetch_one(&count).await?;
     let n = u64::try_from(row.n).unwrap_or(0);
     Ok(if n > SEARCH_TOTAL_CAP {
@@ -302,12 +387,35 @@ pub async fn total(
     })
 }
 
+/// The count of an untallied filter (`n`), capped at one past [`SEARCH_TOTAL_CAP`] under a
+/// search; for the list and for the query-plan test.
+pub fn count_query(scope: &TenantScope, filter: &Filter, indexed: bool) -> SelectStatement {
+    if filter.q.is_some() {
+        // Count at most one row past the cap: a broad search never scans everything.
+        let inner = filtered(scope, filter, indexed)
+            .expr(Expr::val(1))
+            .limit(SEARCH_TOTAL_CAP + 1)
+            .to_owned();
+        Query::select()
+            .expr_as(Func::count(Expr::col(sea_query::Asterisk)), "n")
+            .from_subquery(inner, "capped")
+            .to_owned()
+    } else {
+        filtered(scope, filter, false)
+            .expr_as(Func::count(Expr::col(sea_query::Asterisk)), "n")
+            .to_owned()
+    }
+}
+
 /// The page query (rows only), for the list and for the query-plan test.
-pub fn page_query(scope: &TenantScope, filter: &Filter, page: &PageRequest) -> SelectStatement {
-    let mut select = Query::select()
+pub fn page_query(
+    scope: &TenantScope,
+    filter: &Filter,
+    page: &PageRequest,
+    plan: SearchPlan,
+) -> SelectStatement {
+    let mut select = filtered(scope, filter, plan.page)
         .columns(COLUMNS)
-        .from(TABLE)
-        .cond_where(filter.condition(scope))
         .to_owned();
     keel_kernel::store::paginate(&mut select, page);
     select
@@ -320,7 +428,8 @@ pub async fn list(
     filter: &Filter,
     page: &PageRequest,
 ) -> Result<(Vec<Shipment>, Option<(u64, bool)>), StoreError> {
-    let mut select = page_query(scope, filter, page);
+    let plan = SearchPlan::choose(db, scope, filter).await?;
+    let mut select = page_query(scope, filter, page, plan);
     if !page.wants_total() {
         return Ok((db.fetch_all(&select).await?, None));
     }
@@ -343,7 +452,8 @@ pub async fn list(
             Some((total, true)),
         ));
     }
-    let (rows, total) = futures::try_join!(db.fetch_all(&select), total(db, scope, filter))?;
+    let (rows, total) =
+        futures::try_join!(db.fetch_all(&select), count(db, scope, filter, plan.total))?;
     Ok((rows, Some(total)))
 }
 
