@@ -193,6 +193,10 @@ pub struct DatabaseConfig {
     pub schema: Option<String>,
     /// SQLite busy timeout: how long a writer waits for the write lock.
     pub sqlite_busy_timeout_ms: u64,
+    /// SQLite reads up to this many MiB of the database file through a memory map shared by
+    /// every connection (the OS page cache, no copy per connection) instead of reading each
+    /// page into each connection's own cache; 0 turns it off.
+    pub sqlite_mmap_mib: u64,
     /// A query slower than this is logged (by operation name, never its values) and counted.
     pub slow_query_ms: u64,
 }
@@ -209,6 +213,7 @@ impl Default for DatabaseConfig {
             migrate_on_start: true,
             schema: None,
             sqlite_busy_timeout_ms: 5_000,
+            sqlite_mmap_mib: 256,
             slow_query_ms: 250,
         }
     }

@@ -302,8 +302,9 @@ impl Db {
                 let path = sqlite::path_of(&url)?;
                 let busy = Duration::from_millis(db.sqlite_busy_timeout_ms);
                 let (max, min) = (db.max_connections, db.min_connections);
+                let mmap = db.sqlite_mmap_mib.saturating_mul(1 << 20);
                 let sqlite = tokio::task::spawn_blocking(move || {
-                    SqliteDb::open(&path, max, min, busy, acquire)
+                    SqliteDb::open(&path, max, min, busy, acquire, mmap)
                 })
                 .await
                 .context("opening the SQLite database")??;
