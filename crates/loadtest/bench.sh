@@ -14,6 +14,10 @@
 #   baseline GET /health of keel-baseline (a bare axum server), 64 connections (sqlite
 #            only): what this machine and the load generator do at best, to read the
 #            other figures against
+#   search_rare    (not by default) a search for one sequence number (`q=0054321`: the
+#                  trigram index's case), page of 20 with its total, 64 connections
+#   search_common  (not by default) a search for a buyer in 1 row of 12 (`q=hamburg`:
+#                  the organization's rows in order, total capped at 10,000), 64 connections
 #
 # and prints the median requests/s, p50 and p99 of the runs. Reports land in
 # $BENCH_OUT (default /tmp/keel-bench/<engine>). Needs the release binaries:
@@ -92,6 +96,10 @@ run_case() { # run_case <name> <run number>
                   --path '/api/v1/trade/shipments?page_size=20') ;;
     list256) args=(--email "$email" --password "$password" max --auth -c 256
                    --path '/api/v1/trade/shipments?page_size=20') ;;
+    search_rare) args=(--email "$email" --password "$password" max --auth -c 64
+                       --path '/api/v1/trade/shipments?page_size=20&q=0054321') ;;
+    search_common) args=(--email "$email" --password "$password" max --auth -c 64
+                         --path '/api/v1/trade/shipments?page_size=20&q=hamburg') ;;
     health) args=(max -c 64 --path /health) ;;
     baseline) args=(max -c 64 --path /health); url="http://127.0.0.1:$bare_port"; pid=$bare ;;
     *) echo "unknown case $name" >&2; return 2 ;;

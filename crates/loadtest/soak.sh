@@ -7,12 +7,17 @@
 # Starts `keel serve` on a fresh SQLite file (or a fresh PostgreSQL database on
 # 127.0.0.1:5432) with the benchmark configuration (crates/loadtest/bench.toml), runs
 # `keel-load mix` with USERS paced users (one request a second each) for DURATION, and
-# samples the server's resident memory (VmRSS) every SAMPLE seconds into rss.csv. Passes
-# when the mix had no failure and the RSS at the end is less than MAX_GROWTH % above the
-# RSS once warm (WARM seconds into the run: connections open, caches and SQLite's page
-# cache filled). Reports land in $SOAK_OUT (default /tmp/keel-soak/<engine>).
+# samples the server's resident memory every SAMPLE seconds into rss.csv (VmRSS, split
+# into RssAnon, the heap and stacks, and RssFile, mapped files such as SQLite's shared
+# WAL index, and the database file's size with its WAL). Passes
+# when the mix had no failure and the server's memory at the end is less than MAX_GROWTH %
+# above its memory once warm (WARM seconds into the run: connections open, caches and
+# SQLite's page cache filled). The memory judged is MEASURE: `anon` (default), the heap and
+# stacks, where a leak shows; or `rss`, all resident pages, which on SQLite include the
+# database file mapped by `database.sqlite_mmap_mib` (OS page cache, growing with the file
+# up to that size and reclaimed by the kernel at will, so it says nothing about leaks). Reports land in $SOAK_OUT (default /tmp/keel-soak/<engine>).
 # Needs the release binaries: cargo build --release -p keel -p keel-loadtest
-# Env: USERS (400), DURATION (30m), WARM (300), SAMPLE (10), MAX_GROWTH (10),
+# Env: USERS (400), DURATION (30m), WARM (300), SAMPLE (10), MAX_GROWTH (10), MEASURE (anon),
 #      CARGO_TARGET_DIR, BENCH_PG (postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,6 +28,7 @@ duration="${DURATION:-30m}"
 warm="${WARM:-300}"
 sample="${SAMPLE:-10}"
 max_growth="${MAX_GROWTH:-10}"
+measure="${MEASURE:-anon}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 keel="$(realpath "$target_dir/release/keel")"
 load="$(realpath "$target_dir/release/keel-load")"
@@ -63,12 +69,17 @@ server=$!
 for _ in $(seq 1 120); do curl -sf "$host/health" >/dev/null && break; sleep 0.5; done
 curl -sf "$host/health" >/dev/null || { echo "keel serve did not start" >&2; tail -40 "$work/serve.log" >&2; exit 1; }
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
-echo "seconds,rss_kib" >"$out/rss.csv"
+memory_kib() { # VmRSS,RssAnon,RssFile
+  awk '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {print r "," a "," f}' "/proc/$server/status"
+}
+db_kib() { # the SQLite file and its WAL (0 on PostgreSQL)
+  du -ck "$work/data"/*.db "$work/data"/*.db-wal 2>/dev/null | awk 'END {print $1 + 0}'
+}
+echo "seconds,rss_kib,anon_kib,file_kib,db_kib" >"$out/rss.csv"
 (
   start=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
-    echo "$(( $(date +%s) - start )),$(rss_kib)" >>"$out/rss.csv"
+    echo "$(( $(date +%s) - start )),$(memory_kib),$(db_kib)" >>"$out/rss.csv"
     sleep "$sample"
   done
 ) &
@@ -88,16 +99,25 @@ if grep -q "panicked" "$work/serve.log"; then
 fi
 
 # RSS once warm (the first sample at or after WARM seconds), at its peak, and at the end.
-python3 - "$out/rss.csv" "$warm" "$max_growth" <<'EOF' || status=1
+python3 - "$out/rss.csv" "$warm" "$max_growth" "$measure" <<'EOF' || status=1
 import csv, sys
-rows = [(int(r["seconds"]), int(r["rss_kib"])) for r in csv.DictReader(open(sys.argv[1])) if r["rss_kib"]]
+column = {"anon": "anon_kib", "rss": "rss_kib"}[sys.argv[4]]
+rows = [(int(r["seconds"]), int(r[column])) for r in csv.DictReader(open(sys.argv[1])) if r[column]]
 warm_at, limit = int(sys.argv[2]), float(sys.argv[3])
 start = rows[0][1]
 warm = next((kib for s, kib in rows if s >= warm_at), rows[-1][1])
 end, peak = rows[-1][1], max(kib for _, kib in rows)
 growth = (end - warm) * 100.0 / warm
 mib = lambda k: f"{k / 1024:.1f} MiB"
-print(f"RSS: start {mib(start)}, warm ({warm_at} s) {mib(warm)}, peak {mib(peak)}, end {mib(end)}")
+split = [r for r in csv.DictReader(open(sys.argv[1])) if r["anon_kib"]]
+w = next((r for r in split if int(r["seconds"]) >= warm_at), split[-1])
+e = split[-1]
+for label, col in [("RSS (all resident pages)", "rss_kib"), ("  anonymous (heap, stacks)", "anon_kib"),
+                   ("  file-backed (binary, mapped database)", "file_kib"),
+                   ("database file + WAL on disk", "db_kib")]:
+    print(f"{label}: start {mib(int(split[0][col]))}, warm {mib(int(w[col]))}, "
+          f"peak {mib(max(int(r[col]) for r in split))}, end {mib(int(e[col]))}")
+print(f"judged: {sys.argv[4]} (start {mib(start)}, warm at {warm_at} s {mib(warm)}, peak {mib(peak)}, end {mib(end)})")
 print(f"growth after warm-up: {growth:+.1f} % (limit {limit:.0f} %)")
 sys.exit(0 if growth < limit else 1)
 EOF
