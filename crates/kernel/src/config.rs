@@ -193,9 +193,10 @@ pub struct DatabaseConfig {
     pub schema: Option<String>,
     /// SQLite busy timeout: how long a writer waits for the write lock.
     pub sqlite_busy_timeout_ms: u64,
-    /// SQLite reads up to this many MiB of the database file through a memory map shared by
-    /// every connection (the OS page cache, no copy per connection) instead of reading each
-    /// page into each connection's own cache; 0 turns it off.
+    /// SQLite reads up to this many MiB of the database file through a memory map (the OS
+    /// page cache, no copy into each connection's own cache); 0 (the default) reads pages
+    /// into each connection's cache. Helps read-heavy nodes; under steady writes the growing
+    /// file is remapped by every connection and commits stall (PERFORMANCE.md).
     pub sqlite_mmap_mib: u64,
     /// A query slower than this is logged (by operation name, never its values) and counted.
     pub slow_query_ms: u64,
@@ -213,7 +214,7 @@ impl Default for DatabaseConfig {
             migrate_on_start: true,
             schema: None,
             sqlite_busy_timeout_ms: 5_000,
-            sqlite_mmap_mib: 256,
+            sqlite_mmap_mib: 0,
             slow_query_ms: 250,
         }
     }

@@ -149,8 +149,9 @@ impl SqliteDb {
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
              PRAGMA journal_size_limit = 16777216;",
         )?;
-        // Reads through a memory map of the file come from the OS page cache that every
-        // connection shares, instead of a copy into each connection's own 2 MiB cache.
+        // With `database.sqlite_mmap_mib`, reads come from the OS page cache through a memory
+        // map instead of a copy into each connection's own 2 MiB cache (off by default: a
+        // file that grows under steady writes is remapped by every connection).
         conn.execute_batch(&format!("PRAGMA mmap_size = {};", inner.mmap_bytes))?;
         conn.set_prepared_statement_cache_capacity(256);
         inner.open.fetch_add(1, Ordering::Relaxed);
