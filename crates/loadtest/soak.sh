@@ -102,14 +102,14 @@ fi
 python3 - "$out/rss.csv" "$warm" "$max_growth" "$measure" <<'EOF' || status=1
 import csv, sys
 column = {"anon": "anon_kib", "rss": "rss_kib"}[sys.argv[4]]
-rows = [(int(r["seconds"]), int(r[column])) for r in csv.DictReader(open(sys.argv[1])) if r[column]]
+split = [r for r in csv.DictReader(open(sys.argv[1])) if r["anon_kib"]]
+rows = [(int(r["seconds"]), int(r[column])) for r in split]
 warm_at, limit = int(sys.argv[2]), float(sys.argv[3])
 start = rows[0][1]
 warm = next((kib for s, kib in rows if s >= warm_at), rows[-1][1])
 end, peak = rows[-1][1], max(kib for _, kib in rows)
 growth = (end - warm) * 100.0 / warm
 mib = lambda k: f"{k / 1024:.1f} MiB"
-split = [r for r in csv.DictReader(open(sys.argv[1])) if r["anon_kib"]]
 w = next((r for r in split if int(r["seconds"]) >= warm_at), split[-1])
 e = split[-1]
 for label, col in [("RSS (all resident pages)", "rss_kib"), ("  anonymous (heap, stacks)", "anon_kib"),

@@ -195,8 +195,8 @@ pub struct DatabaseConfig {
     pub sqlite_busy_timeout_ms: u64,
     /// SQLite reads up to this many MiB of the database file through a memory map (the OS
     /// page cache, no copy into each connection's own cache); 0 (the default) reads pages
-    /// into each connection's cache. Helps read-heavy nodes; under steady writes the growing
-    /// file is remapped by every connection and commits stall (PERFORMANCE.md).
+    /// into each connection's cache. Helps read-heavy nodes; under steady writes commits
+    /// stalled (most likely every connection remapping the growing file; PERFORMANCE.md).
     pub sqlite_mmap_mib: u64,
     /// A query slower than this is logged (by operation name, never its values) and counted.
     pub slow_query_ms: u64,

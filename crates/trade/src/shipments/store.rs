@@ -338,22 +338,22 @@ impl SearchPlan {
         if db.kind() != DatabaseKind::Sqlite || q.chars().count() < 3 {
             return Ok(SearchPlan::default());
         }
-        let rows = tally::sum(db, scope.org_id(), None, None).await?;
+        // A term in more rows than the organization has would cost more through the index
+        // than reading the organization's rows; the probe stops counting there.
+        let bound = Ord::min(
+            tally::sum(db, scope.org_id(), None, None).await?,
+            SEARCH_PROBE_MAX,
+        );
         #[derive(sqlx::FromRow, serde::Deserialize)]
         struct Count {
             n: i64,
         }
         let probe = Query::select()
             .expr_as(Func::count(Expr::col(sea_query::Asterisk)), "n")
-            .from_subquery(
-                index_matches(q)
-                    .limit(Ord::min(rows, SEARCH_PROBE_MAX) + 1)
-                    .to_owned(),
-                "matches",
-            )
+            .from_subquery(index_matches(q).limit(bound + 1).to_owned(), "matches")
             .to_owned();
         let matches = u64::try_from(db.fetch_one::<Count>(&probe).await?.n).unwrap_or(u64::MAX);
-        let total = matches <= Ord::min(rows, SEARCH_PROBE_MAX);
+        let total = matches <= bound;
         Ok(SearchPlan {
             page: total && matches <= INDEXED_PAGE_MAX,
             total,
