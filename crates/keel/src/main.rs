@@ -16,8 +16,23 @@ use keel_kernel::server::{self, Application};
 use keel_kernel::store::{Db, migrate};
 
 /// jemalloc instead of the C library's allocator: see `Cargo.toml`.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's figures for `/metrics` (`keel_allocator_bytes`). Its statistics are a snapshot
+/// refreshed by advancing the epoch.
+#[cfg(feature = "jemalloc")]
+fn allocator_stats() -> Option<keel_kernel::metrics::AllocatorStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(keel_kernel::metrics::AllocatorStats {
+        allocated: stats::allocated::read().ok()? as u64,
+        active: stats::active::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+        retained: stats::retained::read().ok()? as u64,
+    })
+}
 
 /// The apps this binary ships, in start-up order. One line per app.
 fn modules() -> Vec<Arc<dyn Module>> {
@@ -144,6 +159,14 @@ const EXIT_UNCLEAN_SHUTDOWN: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "jemalloc")]
+    {
+        keel_kernel::metrics::set_allocator_probe(allocator_stats);
+        // Freed pages go back to the OS on jemalloc's decay schedule from its own thread,
+        // instead of only when the arena that holds them next allocates: an arena whose
+        // threads went quiet (after a burst of blocking work) otherwise keeps them resident.
+        let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    }
     let source = ConfigSource {
         file: cli.config.clone(),
     };

@@ -96,6 +96,27 @@ fn serve_starts_with_no_configuration_on_sqlite_in_the_data_directory() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"database_engine\":\"sqlite\""), "{body}");
     assert!(dir.path().join("data/keel.db").is_file());
+    // The binary's allocator reports its memory at /metrics: what the program holds, and
+    // what the allocator keeps resident for it (never less).
+    let (status, scrape) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{scrape}");
+    let bytes = |state: &str| -> f64 {
+        let prefix = format!("keel_allocator_bytes{{state=\"{state}\"}} ");
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no keel_allocator_bytes{{state={state}}} in {scrape}"))
+    };
+    let (allocated, resident) = (bytes("allocated"), bytes("resident"));
+    assert!(
+        allocated > 1_048_576.0,
+        "a serving process holds more than 1 MiB: {allocated}"
+    );
+    assert!(
+        resident >= allocated,
+        "resident {resident} < allocated {allocated}"
+    );
     let secrets = dir.path().join("data/dev-secrets.toml");
     assert!(secrets.is_file(), "development secrets are stored once");
     #[cfg(unix)]

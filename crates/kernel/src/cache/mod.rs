@@ -170,12 +170,15 @@ struct Invalidation {
 /// What the listener needs from a cache, whatever its value type.
 trait LocalCache: Send + Sync {
     fn drop_key<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, ()>;
-    fn drop_tag(&self, tag: &str);
+    fn drop_tag<'a>(&'a self, tag: &'a str) -> futures::future::BoxFuture<'a, ()>;
     fn clear(&self);
 }
 
 struct Entry<V> {
     value: V,
+    /// Distinguishes this value from earlier and later ones under the same key (for the tag
+    /// index).
+    id: u64,
     tags: Box<[String]>,
     /// How long this node keeps it: the cache's TTL, or what is left of it in Redis for a
     /// value another node loaded (so no node serves a value longer than the TTL).
@@ -205,6 +208,71 @@ struct Core<V> {
     /// Loads in flight: one whose key or tag is invalidated before it lands (it may have read
     /// the old value) is dropped once it lands instead of being served for a TTL.
     in_flight: InFlight,
+    /// Which keys carry each tag, so dropping a tag drops exactly those keys.
+    tagged: Arc<TagIndex>,
+    next_id: AtomicU64,
+}
+
+/// Tag → the keys of this node's entries carrying it, each with its entry's id.
+///
+/// Why not `moka`'s `invalidate_entries_if`: it registers a predicate per call that is kept
+/// until the cache's housekeeping has scanned every older entry, and a cache that writes
+/// invalidate often but few requests read runs no housekeeping, so the predicates piled up
+/// without bound (one per write: 30 MiB over a 30-minute soak). The index holds only what
+/// is cached: a key joins its tags just before its value is inserted and leaves them when
+/// that value is removed for any reason (the eviction listener, matched by id so the removal
+/// of an older value never unlists a newer one).
+#[derive(Default)]
+struct TagIndex {
+    tags: Mutex<HashMap<String, HashMap<String, u64>>>,
+}
+
+impl TagIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, u64>>> {
+        self.tags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn add(&self, key: &str, id: u64, tags: &[String]) {
+        let mut map = self.lock();
+        for tag in tags {
+            map.entry(tag.clone())
+                .or_default()
+                .insert(key.to_string(), id);
+        }
+    }
+
+    fn remove(&self, key: &str, id: u64, tags: &[String]) {
+        let mut map = self.lock();
+        for tag in tags {
+            if let Some(keys) = map.get_mut(tag.as_str()) {
+                if keys.get(key) == Some(&id) {
+                    keys.remove(key);
+                }
+                if keys.is_empty() {
+                    map.remove(tag.as_str());
+                }
+            }
+        }
+    }
+
+    fn keys(&self, tag: &str) -> Vec<String> {
+        self.lock()
+            .get(tag)
+            .map(|keys| keys.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Tags indexed (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// The keys and tags of the loads running on this node, with how often each was invalidated
@@ -305,23 +373,19 @@ impl<V: Clone + Send + Sync + 'static> LocalCache for Core<V> {
         Box::pin(self.local.invalidate(key))
     }
 
-    fn drop_tag(&self, tag: &str) {
+    fn drop_tag<'a>(&'a self, tag: &'a str) -> futures::future::BoxFuture<'a, ()> {
         self.in_flight.bump(format!("t:{tag}"));
-        let tag = tag.to_string();
-        // Closures are enabled on every cache at build time, so this cannot fail; if it
-        // did, dropping everything is the safe fallback.
-        if self
-            .local
-            .invalidate_entries_if(move |_, e| e.tags.contains(&tag))
-            .is_err()
-        {
-            self.local.invalidate_all();
-        }
+        Box::pin(async move {
+            for key in self.tagged.keys(tag) {
+                self.local.invalidate(&key).await;
+            }
+        })
     }
 
     fn clear(&self) {
         self.in_flight.bump_all();
         self.local.invalidate_all();
+        self.tagged.clear();
     }
 }
 
@@ -409,6 +473,8 @@ impl Caches {
                 .filter(|c| c.global == global)
                 .ok_or_else(|| CacheError::TypeMismatch(name.into()));
         }
+        let tagged = Arc::new(TagIndex::default());
+        let unlist = tagged.clone();
         let core = Arc::new(Core {
             name: name.to_string(),
             ttl,
@@ -416,11 +482,15 @@ impl Caches {
             local: moka::future::Cache::builder()
                 .max_capacity(self.shared.max_entries)
                 .expire_after(EntryExpiry)
-                .support_invalidation_closures()
+                .eviction_listener(move |key: Arc<String>, entry: Arc<Entry<V>>, _cause| {
+                    unlist.remove(&key, entry.id, &entry.tags);
+                })
                 .build(),
             shared: self.shared.clone(),
             counters: Counters::default(),
             in_flight: InFlight::default(),
+            tagged,
+            next_id: AtomicU64::new(0),
         });
         caches.insert(
             name.to_string(),
@@ -455,7 +525,7 @@ impl Caches {
                 cache.drop_key(k).await;
             }
             if let Some(t) = &msg.tag {
-                cache.drop_tag(t);
+                cache.drop_tag(t).await;
             }
         }
     }
@@ -558,20 +628,26 @@ where
             .entry(key.to_string())
             .or_try_insert_with(async {
                 guard = Some(self.in_flight.begin(key, &tags));
-                if let Some((value, left)) = self.remote_get(key).await {
-                    source = "remote_hit";
-                    return Ok(Arc::new(Entry {
-                        value,
-                        tags: tags.into_boxed_slice(),
-                        ttl: left.min(self.ttl),
-                    }));
-                }
-                let value = load().await?;
-                self.remote_put(key, &tags, &value).await;
+                let (value, ttl) = match self.remote_get(key).await {
+                    Some((value, left)) => {
+                        source = "remote_hit";
+                        (value, left.min(self.ttl))
+                    }
+                    None => {
+                        let value = load().await?;
+                        self.remote_put(key, &tags, &value).await;
+                        (value, self.ttl)
+                    }
+                };
+                // Listed under its tags before it is inserted: a tag dropped from here on
+                // finds the key (one dropped earlier marks this load stale, below).
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                self.tagged.add(key, id, &tags);
                 Ok(Arc::new(Entry {
                     value,
+                    id,
                     tags: tags.into_boxed_slice(),
-                    ttl: self.ttl,
+                    ttl,
                 }))
             })
             .await?;
@@ -664,7 +740,7 @@ where
     }
 
     async fn invalidate_tag(&self, tag: &str) {
-        self.drop_tag(tag);
+        self.drop_tag(tag).await;
         let mut doomed = vec![self.redis_tag(tag)];
         if self.shared.redis_values
             && let Some(mut conn) = self.shared.redis.clone()
@@ -883,5 +959,91 @@ mod tests {
             caches.tenant::<String>("Bad Name", Duration::from_secs(60)),
             Err(CacheError::BadName(_))
         ));
+    }
+
+    /// Loads `key` (tagged `tags`) and says whether the loader ran.
+    async fn loads(cache: &TenantCache<u64>, key: &CacheKey, tags: &[Tag]) -> bool {
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        cache
+            .get_or_load(key, tags, || async {
+                ran.store(true, Ordering::SeqCst);
+                Ok::<_, ()>(1)
+            })
+            .await
+            .expect("load");
+        ran.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_tag_drops_exactly_its_keys_and_invalidating_often_holds_no_memory() {
+        let caches = Caches::new(&CacheConfig::default(), None, Uuid::now_v7());
+        let cache = caches
+            .tenant::<u64>("tagged", Duration::from_secs(60))
+            .expect("declare");
+        let s = scope(Uuid::now_v7());
+        let (a, b) = (Tag::org(&s, "a"), Tag::org(&s, "b"));
+        let (k1, k2, k3) = (
+            CacheKey::org(&s, &["1"]),
+            CacheKey::org(&s, &["2"]),
+            CacheKey::org(&s, &["3"]),
+        );
+        assert!(loads(&cache, &k1, std::slice::from_ref(&a)).await);
+        assert!(loads(&cache, &k2, &[a.clone(), b.clone()]).await);
+        assert!(loads(&cache, &k3, std::slice::from_ref(&b)).await);
+        assert!(
+            !loads(&cache, &k1, std::slice::from_ref(&a)).await,
+            "cached"
+        );
+
+        cache.invalidate_tag(&a).await;
+        assert!(
+            loads(&cache, &k1, std::slice::from_ref(&a)).await,
+            "dropped by its tag"
+        );
+        assert!(
+            loads(&cache, &k2, &[a.clone(), b.clone()]).await,
+            "dropped by one of its tags"
+        );
+        assert!(
+            !loads(&cache, &k3, std::slice::from_ref(&b)).await,
+            "another tag's key stays"
+        );
+
+        // A write path invalidates its tag on every write, read or not: the cache must not
+        // hold anything per invalidation (it once kept a predicate for each).
+        let quiet = Tag::org(&s, "quiet");
+        for _ in 0..10_000 {
+            cache.invalidate_tag(&quiet).await;
+        }
+        cache.0.local.run_pending_tasks().await;
+        assert_eq!(
+            cache.0.tagged.len(),
+            2,
+            "only the tags of cached entries are indexed"
+        );
+
+        // Once its entries are gone, a tag is no longer held either.
+        cache.invalidate_tag(&a).await;
+        cache.invalidate_tag(&b).await;
+        cache.0.local.run_pending_tasks().await;
+        assert_eq!(cache.0.tagged.len(), 0);
+        assert!(
+            loads(&cache, &k3, std::slice::from_ref(&b)).await,
+            "dropped by its tag"
+        );
+    }
+
+    #[test]
+    fn removing_an_older_value_keeps_the_newer_one_listed() {
+        let index = TagIndex::default();
+        let tags = ["t".to_string()];
+        index.add("k", 1, &tags);
+        // The key is loaded again before the listener hears of the first value's removal.
+        index.add("k", 2, &tags);
+        index.remove("k", 1, &tags);
+        assert_eq!(index.keys("t"), vec!["k".to_string()]);
+        index.remove("k", 2, &tags);
+        assert!(index.keys("t").is_empty());
+        assert_eq!(index.len(), 0);
     }
 }

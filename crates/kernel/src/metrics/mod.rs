@@ -21,6 +21,44 @@ use crate::state::AppState;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// The process allocator's own account of its memory, in bytes. The binary owns the global
+/// allocator, so it hands the kernel a probe ([`set_allocator_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocatorStats {
+    /// Bytes the program (Rust code and the C libraries linked in, SQLite included) holds.
+    pub allocated: u64,
+    /// Bytes in pages the allocator uses for those allocations (`allocated` plus
+    /// fragmentation inside them).
+    pub active: u64,
+    /// Bytes the allocator keeps resident: active pages, its metadata, and freed pages not
+    /// yet returned to the OS.
+    pub resident: u64,
+    /// Address space unmapped from memory but kept for reuse (costs no RAM).
+    pub retained: u64,
+}
+
+static ALLOCATOR_PROBE: OnceLock<fn() -> Option<AllocatorStats>> = OnceLock::new();
+
+/// Registers how to read the process allocator's figures, exported at `/metrics` as
+/// `keel_allocator_bytes{state}`. The first registration wins.
+pub fn set_allocator_probe(probe: fn() -> Option<AllocatorStats>) {
+    let _ = ALLOCATOR_PROBE.set(probe);
+}
+
+fn record_allocator() {
+    let Some(stats) = ALLOCATOR_PROBE.get().and_then(|probe| probe()) else {
+        return;
+    };
+    for (state, bytes) in [
+        ("allocated", stats.allocated),
+        ("active", stats.active),
+        ("resident", stats.resident),
+        ("retained", stats.retained),
+    ] {
+        metrics::gauge!("keel_allocator_bytes", "state" => state).set(bytes as f64);
+    }
+}
+
 /// Latency buckets (seconds): fine below 100 ms, where a healthy API lives.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -123,6 +161,11 @@ fn describe() {
     metrics::describe_counter!(
         "keel_llm_cache_requests_total",
         "LLM response cache lookups by provider and result (hit, miss, bypass)"
+    );
+    metrics::describe_gauge!(
+        "keel_allocator_bytes",
+        metrics::Unit::Bytes,
+        "Process allocator memory by state: allocated (held by the program), active, resident, retained"
     );
     metrics::describe_gauge!("keel_jobs", "Jobs by queue and state (deployment-wide)");
     metrics::describe_gauge!(
@@ -299,6 +342,7 @@ pub async fn prometheus(
         .set(f64::from(pool.size) - pool.idle as f64);
     metrics::gauge!("keel_db_pool_connections", "state" => "max").set(f64::from(pool.max));
     process_collector().collect();
+    record_allocator();
     match crate::jobs::store::queue_stats(&state.db).await {
         Ok(queues) => {
             let mut names: std::collections::BTreeSet<String> = state
