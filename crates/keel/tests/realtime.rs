@@ -351,9 +351,11 @@ async fn poll_once(client: reqwest::Client, url: String, token: String) -> Value
 async fn a_client_that_stops_reading_is_cut_off_while_another_gets_everything() {
     let app = builder()
         .configure(|c| {
-            // Room for one burst of 100 (a transaction of 100 messages) but not for a backlog.
+            // Room for two bursts of 100 (a transaction of 100 messages each) but not for a
+            // backlog. The send timeout is generous: on a loaded machine the reading client
+            // may stall for a moment, and the unread one is cut off by its full buffer.
             c.realtime.buffer = 200;
-            c.realtime.send_timeout_ms = 300;
+            c.realtime.send_timeout_ms = 5_000;
         })
         .spawn()
         .await
@@ -371,15 +373,30 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_gets_everything() 
     // Far more than socket buffers hold, so the unread connection backs up.
     let total = 1500usize;
     let payload = "p".repeat(16 * 1024);
-    let reader = tokio::spawn(async move {
-        let mut seen = Vec::with_capacity(total);
-        while seen.len() < total {
-            let m = ws_next(&mut fast).await;
-            seen.push(m["data"]["n"].as_u64().expect("n"));
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let read = read.clone();
+        async move {
+            let mut seen = Vec::with_capacity(total);
+            while seen.len() < total {
+                let m = ws_next(&mut fast).await;
+                seen.push(m["data"]["n"].as_u64().expect("n"));
+                read.store(seen.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+            seen
         }
-        seen
     });
     for batch in 0..total / 100 {
+        // A client that keeps reading is never a buffer behind: the next burst goes out
+        // once it has read all but 50 of the earlier ones, however slow this machine is.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while read.load(std::sync::atomic::Ordering::SeqCst) + 50 < batch * 100 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reading client stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let scope = TenantScope::for_tests(user.org_id);
         let mut tx = app.state.db.begin().await.expect("tx");
         for i in 0..100 {
