@@ -34,6 +34,17 @@ fn allocator_stats() -> Option<keel_kernel::metrics::AllocatorStats> {
     })
 }
 
+/// For the long-running commands (`serve`, `worker`), once logging is up: freed pages go
+/// back to the OS on jemalloc's decay schedule from its own thread, instead of only when the
+/// arena that holds them next allocates (an arena whose threads went quiet after a burst of
+/// blocking work otherwise keeps them resident).
+fn purge_freed_memory_in_the_background() {
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc's background purging could not start; freed memory is returned only as arenas allocate");
+    }
+}
+
 /// The apps this binary ships, in start-up order. One line per app.
 fn modules() -> Vec<Arc<dyn Module>> {
     vec![Arc::new(keel_trade::TradeModule)]
@@ -160,13 +171,7 @@ const EXIT_UNCLEAN_SHUTDOWN: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(feature = "jemalloc")]
-    {
-        keel_kernel::metrics::set_allocator_probe(allocator_stats);
-        // Freed pages go back to the OS on jemalloc's decay schedule from its own thread,
-        // instead of only when the arena that holds them next allocates: an arena whose
-        // threads went quiet (after a burst of blocking work) otherwise keeps them resident.
-        let _ = tikv_jemalloc_ctl::background_thread::write(true);
-    }
+    keel_kernel::metrics::set_allocator_probe(allocator_stats);
     let source = ConfigSource {
         file: cli.config.clone(),
     };
@@ -276,6 +281,7 @@ async fn demo_seed(
 async fn serve(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let dev_secrets = ensure_dev_secrets(&mut config)?;
     keel_kernel::observe::init_logging(&config);
+    purge_freed_memory_in_the_background();
     if let Some((path, created)) = dev_secrets {
         let verb = if created { "GENERATED" } else { "USING" };
         let banner = format!(
@@ -350,6 +356,7 @@ async fn worker(mut config: Config, queues: Vec<String>) -> anyhow::Result<ExitC
     }
     ensure_dev_secrets(&mut config)?;
     keel_kernel::observe::init_logging(&config);
+    purge_freed_memory_in_the_background();
     let report = server::run_worker(
         config,
         modules(),
