@@ -1,6 +1,7 @@
 //! The audit trail on SQLite or PostgreSQL: a write and its event commit together or not at
 //! all; the hash chain catches an edited and a deleted event (after the triggers have been
 //! shown to refuse both); the outbox delivers after a crash and wakes at once after commit;
+//! an event committed but not yet chained when its node died is chained by the next node;
 //! concurrent appends keep one valid chain; retention prunes behind a checkpoint and what
 //! remains verifies; the API filters, paginates and exports; encrypted fields appear only as
 //! "changed"; the platform chain; and the transaction helper's retries and savepoints.
@@ -335,6 +336,59 @@ async fn an_outbox_message_written_before_a_crash_is_delivered_by_the_next_node(
         }
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn an_event_committed_but_not_chained_before_a_crash_is_chained_by_the_next_node() {
+    // On PostgreSQL an event commits with its change into `audit_pending` and is chained right
+    // after the commit. A node that died in between left this row behind (written here as
+    // that node would have written it, a minute ago).
+    let (first, db) = TestApp::builder().build().await.expect("build");
+    let store = first.state().db.clone();
+    let (org, id) = (Uuid::now_v7(), Uuid::now_v7());
+    let at = chrono::Utc::now() - TimeDelta::minutes(1);
+    let payload = json!({
+        "id": id, "org_id": org, "seq": 0, "actor_type": "system", "actor_id": "billing",
+        "action": "invoice.issued", "resource_type": "invoice", "resource_id": "INV-7",
+        "changes": null, "detail": null, "request_id": "req-1", "ip": null,
+        "user_agent": null, "method": "POST", "route": "/api/v1/invoices", "outcome": "success",
+        "error_code": null, "duration_ms": 12, "created_at": at, "prev_hash": "", "hash": ""
+    });
+    let sql = format!(
+        "INSERT INTO audit_pending (id, org_id, payload, created_at) VALUES ({}, {}, '{}', '{}')",
+        uuid_sql(&store, id),
+        uuid_sql(&store, org),
+        payload,
+        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+    );
+    raw(&store, &sql).await.expect("insert pending");
+    drop(first);
+
+    // The next node's relay chains it (and then delivers it) without anything new happening.
+    let (second, db) = TestApp::builder()
+        .database(db)
+        .configure(|c| c.audit.relay_poll_ms = 100)
+        .build()
+        .await
+        .expect("build");
+    let mut events = second.state().audit.bus.subscribe();
+    let app = TestApp::serve(second, db);
+    let delivered = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("chained and delivered within 10 s")
+        .expect("event");
+    assert_eq!(delivered.id, id);
+    assert_eq!(delivered.action, "invoice.issued");
+    assert_eq!(delivered.seq, 1);
+    assert_eq!(delivered.org_id, org);
+    let report = audit::verify(&app.state.db, org).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 1);
+    assert_eq!(
+        raw(&app.state.db, "DELETE FROM audit_pending").await,
+        Ok(0),
+        "nothing is left pending"
+    );
 }
 
 #[tokio::test]

@@ -41,6 +41,7 @@ impl Module for KernelModule {
             crate::migration!(8, "0008_extraction", "migrations"),
             crate::migration!(9, "0009_keys", "migrations"),
             crate::migration!(10, "0010_job_stats", "migrations"),
+            crate::migration!(11, "0011_audit_pending", "migrations"),
         ]
     }
 
@@ -585,7 +586,7 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                     use crate::audit::{self, AuditContext, NewEvent};
                     let ctx = AuditContext::system("fixture");
                     let (scope, ctx) = (&scope, &ctx);
-                    let event = state
+                    let event_id = state
                         .db
                         .transaction(|tx| {
                             Box::pin(async move {
@@ -600,7 +601,7 @@ pub fn kernel_fixtures() -> Vec<crate::module::Fixture> {
                         })
                         .await?;
                     Ok(FixtureResource {
-                        paths: vec![format!("/api/v1/audit/events/{}", event.id)],
+                        paths: vec![format!("/api/v1/audit/events/{}", event_id)],
                     })
                 })
             }),

@@ -155,6 +155,7 @@ impl Module for TradeModule {
             keel_kernel::migration!(6, "0006_record_versions", "migrations"),
             keel_kernel::migration!(7, "0007_forex_series", "migrations"),
             keel_kernel::migration!(8, "0008_search_index", "migrations"),
+            keel_kernel::migration!(9, "0009_tally_shards", "migrations"),
         ]
     }
 

@@ -97,7 +97,7 @@ pub async fn mark_overdue(ctx: JobContext, job: MarkOverdue) -> Result<OverdueRe
 }
 
 /// Organizations whose tallies count live `pending` or `filed` shipments (a small table:
-/// at most 20 rows per organization).
+/// at most 20 cells per organization, each in one to 8 shards).
 async fn organizations_with_open_ebrc(
     db: &Db,
 ) -> Result<Vec<Uuid>, keel_kernel::store::StoreError> {
@@ -108,7 +108,6 @@ async fn organizations_with_open_ebrc(
     let rows: Vec<Org> = db
         .fetch_all(
             &Query::select()
-                .distinct()
                 .column("org_id")
                 .from(crate::shipments::tally::TABLE)
                 .and_where(
@@ -116,7 +115,9 @@ async fn organizations_with_open_ebrc(
                         .is_in([EbrcStatus::Pending.as_str(), EbrcStatus::Filed.as_str()]),
                 )
                 .and_where(Expr::col("status").is_in(Status::exported()))
-                .and_where(Expr::col("n").gt(0))
+                .group_by_col("org_id")
+                // A cell's count is the sum of its shards (each cell sums to 0 or more).
+                .and_having(Expr::col("n").sum().gt(0))
                 .to_owned(),
         )
         .await?;

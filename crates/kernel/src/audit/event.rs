@@ -373,8 +373,8 @@ pub struct AuditEvent {
     pub prev_hash: String,
 }
 
-/// The stored row.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
+/// The stored row (and, as JSON, a pending event's payload).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EventRow {
     pub id: Uuid,
     pub org_id: Uuid,

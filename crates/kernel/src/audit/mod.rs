@@ -36,7 +36,8 @@
 //!
 //! # Tamper evidence and retention
 //!
-//! See [`chain`] (append under a per-organization lock, [`verify`]) and [`retention`]
+//! See [`chain`] (append under a per-organization lock, in the change's transaction on
+//! SQLite and right after it commits on PostgreSQL; [`verify`]) and [`retention`]
 //! ([`prune`] behind recorded checkpoints). The store offers no update or delete of events;
 //! database triggers refuse them on both engines, except the pruner's deletes behind a
 //! checkpoint.
@@ -72,16 +73,17 @@ pub const PLATFORM_ORG: Uuid = Uuid::nil();
 
 /// Records an event in the scope's organization, in `tx` — the transaction that makes the
 /// change, so both commit or neither does. The actor is the scope's (the signed-in user, or
-/// the system actor of a job). Returns the stored event.
+/// the system actor of a job). Returns the event's id.
 ///
-/// Record late in the transaction: from this call until commit, other writers of the same
-/// organization's chain wait.
+/// On SQLite, record late in the transaction: from this call until commit, other writers of
+/// the same organization's chain wait. On PostgreSQL the event takes its place in the chain
+/// right after the commit, before [`crate::store::Tx::commit`] returns ([`chain`]).
 pub async fn record(
     tx: &mut Tx,
     scope: &TenantScope,
     ctx: &AuditContext,
     event: NewEvent,
-) -> Result<AuditEvent, StoreError> {
+) -> Result<Uuid, StoreError> {
     chain::append(
         tx,
         scope.org_id(),
@@ -100,7 +102,7 @@ pub(crate) async fn record_as(
     actor: &EventActor,
     ctx: &AuditContext,
     event: NewEvent,
-) -> Result<AuditEvent, StoreError> {
+) -> Result<Uuid, StoreError> {
     chain::append(tx, org_id.unwrap_or(PLATFORM_ORG), actor, ctx, event).await
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query};
+use sea_query::{Expr, ExprTrait, InsertStatement, LockBehavior, LockType, Order, Query};
 use tokio::sync::{Notify, broadcast, watch};
 use uuid::Uuid;
 
@@ -118,38 +118,41 @@ impl EventBus {
     }
 }
 
-/// Writes the outbox message of an event (in the event's transaction) and wakes the relay
-/// once that transaction commits.
-pub(crate) async fn enqueue(tx: &mut Tx, event: &AuditEvent) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(event).map_err(|e| StoreError::Other(e.into()))?;
-    tx.execute(
-        &Query::insert()
-            .into_table("audit_outbox")
-            .columns([
-                "id",
-                "org_id",
-                "event_id",
-                "action",
-                "payload",
-                "created_at",
-                "available_at",
-                "attempts",
-            ])
-            .values_panic([
-                Uuid::now_v7().into(),
-                event.org_id.into(),
-                event.id.into(),
-                event.action.clone().into(),
-                payload.into(),
-                event.created_at.into(),
-                event.created_at.into(),
-                0i64.into(),
-            ])
-            .to_owned(),
-    )
-    .await?;
+/// The statement that writes the outbox messages of events (run it in the events'
+/// transaction, then [`wake_after_commit`]).
+pub(crate) fn messages(events: &[AuditEvent]) -> Result<InsertStatement, StoreError> {
+    let mut insert = Query::insert()
+        .into_table("audit_outbox")
+        .columns([
+            "id",
+            "org_id",
+            "event_id",
+            "action",
+            "payload",
+            "created_at",
+            "available_at",
+            "attempts",
+        ])
+        .to_owned();
+    for event in events {
+        let payload = serde_json::to_string(event).map_err(|e| StoreError::Other(e.into()))?;
+        insert.values_panic([
+            Uuid::now_v7().into(),
+            event.org_id.into(),
+            event.id.into(),
+            event.action.clone().into(),
+            payload.into(),
+            event.created_at.into(),
+            event.created_at.into(),
+            0i64.into(),
+        ]);
+    }
+    Ok(insert)
+}
+
+/// Wakes the relay once `tx` (which wrote outbox messages) commits.
+pub(crate) fn wake_after_commit(tx: &mut Tx) {
     tx.after_commit(wake);
-    Ok(())
 }
 
 #[derive(Debug, sqlx::FromRow, serde::Deserialize)]
@@ -271,11 +274,16 @@ pub async fn run_relay(
     batch: u64,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut swept = std::time::Instant::now();
     loop {
         // Registered before reading, so a commit between the read and the wait still wakes us.
         let notified = WAKE.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if swept.elapsed() >= poll {
+            swept = std::time::Instant::now();
+            sweep_pending(&db, STALE_PENDING).await;
+        }
         match relay_once(&db, &bus, batch).await {
             // A full batch: there may be more; go again at once.
             Ok(p) if p.claimed as u64 >= batch => continue,
@@ -292,8 +300,22 @@ pub async fn run_relay(
             }
         }
     }
+    sweep_pending(&db, Duration::ZERO).await;
     if let Err(e) = relay_once(&db, &bus, batch).await {
         tracing::warn!(error = %e, "audit outbox: last relay pass before shutdown failed");
+    }
+}
+
+/// How long an event may wait in `audit_pending` before the relay chains it (the writer's
+/// own pass normally chains it within milliseconds of its commit).
+const STALE_PENDING: Duration = Duration::from_secs(10);
+
+/// Chains events a writer left pending (PostgreSQL; see [`super::chain`]).
+async fn sweep_pending(db: &Db, older_than: Duration) {
+    match super::chain::chain_stale(db, older_than).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "audit: chained events left pending"),
+        Err(e) => tracing::warn!(error = %e, "audit: chaining pending events failed"),
     }
 }
 

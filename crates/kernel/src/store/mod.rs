@@ -192,8 +192,8 @@ pub enum Db {
 
 /// PostgreSQL: the connection pool and the node's writer slots.
 ///
-/// Writes that touch the same rows (an organization's tallies, its audit chain head) queue
-/// on row locks inside PostgreSQL, each holding a pooled connection while it waits. Without
+/// Writes that touch the same rows (a counter row, a chain head) queue on row locks inside
+/// PostgreSQL, each holding a pooled connection while it waits. Without
 /// a bound, a burst of writes to one organization takes every connection of the pool and
 /// reads — of every organization on the node — wait behind them. A transaction therefore
 /// first takes one of the node's writer slots (half the pool, a fair queue, waited for
@@ -406,8 +406,10 @@ impl Db {
         };
         Ok(Tx {
             conn,
+            db: self.clone(),
             contention: false,
             after_commit: Vec::new(),
+            after_commit_work: Vec::new(),
             savepoints: 0,
         })
     }
@@ -619,10 +621,16 @@ async fn run_sqlite<R>(
 /// retryable failure from another whatever error type the unit of work returns.
 pub struct Tx {
     conn: TxConn,
+    /// The pool it came from, for work after commit.
+    db: Db,
     contention: bool,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    after_commit_work: Vec<(String, AfterCommitWork)>,
     savepoints: u32,
 }
+
+/// Work [`Tx::commit`] does (and waits for) once the transaction has committed.
+pub type AfterCommitWork = Box<dyn FnOnce(Db) -> futures::future::BoxFuture<'static, ()> + Send>;
 
 enum TxConn {
     Sqlite(SqliteTx),
@@ -670,15 +678,21 @@ impl std::fmt::Debug for Tx {
             .field("contention", &self.contention)
             .field("savepoints", &self.savepoints)
             .field("after_commit", &self.after_commit.len())
+            .field("after_commit_work", &self.after_commit_work.len())
             .finish()
     }
 }
 
 impl Tx {
-    /// Commits, then runs the [`Tx::after_commit`] hooks (only if the commit succeeded).
+    /// Commits, then runs the [`Tx::after_commit`] hooks and does the
+    /// [`Tx::after_commit_work`] (only if the commit succeeded).
     pub async fn commit(self) -> Result<(), StoreError> {
         let Tx {
-            conn, after_commit, ..
+            conn,
+            db,
+            after_commit,
+            after_commit_work,
+            ..
         } = self;
         match conn {
             TxConn::Sqlite(mut tx) => {
@@ -690,6 +704,9 @@ impl Tx {
         }
         for hook in after_commit {
             hook();
+        }
+        for (_, work) in after_commit_work {
+            work(db.clone()).await;
         }
         Ok(())
     }
@@ -714,6 +731,16 @@ impl Tx {
     /// fail: they signal (wake a relay, invalidate a cache), they do not do work.
     pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
         self.after_commit.push(Box::new(hook));
+    }
+
+    /// Does `work` once this transaction has committed, before [`Tx::commit`] returns (so
+    /// the caller answers only after it); never if it rolls back. Work registered twice under
+    /// one `key` is done once. It must not fail the commit: whatever it cannot do, it leaves
+    /// for a background pass to finish (the change has committed by then).
+    pub fn after_commit_work(&mut self, key: String, work: AfterCommitWork) {
+        if !self.after_commit_work.iter().any(|(k, _)| *k == key) {
+            self.after_commit_work.push((key, work));
+        }
     }
 
     /// Whether a statement of this transaction failed on contention (the transaction is then

@@ -169,11 +169,12 @@ impl Db {
 pub struct Savepoint {
     name: String,
     hooks: usize,
+    work: usize,
 }
 
 impl Tx {
     /// Starts a nested unit of work. If it fails, [`Tx::rollback_to`] undoes what it wrote
-    /// (and drops the [`Tx::after_commit`] hooks it added) while the outer transaction
+    /// (and drops the [`Tx::after_commit`] hooks and work it added) while the outer transaction
     /// carries on; if it succeeds, [`Tx::release`] makes its writes part of the outer
     /// transaction. Savepoints nest.
     ///
@@ -193,6 +194,7 @@ impl Tx {
         let sp = Savepoint {
             name: format!("keel_sp_{}", self.savepoints),
             hooks: self.after_commit.len(),
+            work: self.after_commit_work.len(),
         };
         self.execute_script(&format!("SAVEPOINT {}", sp.name))
             .await?;
@@ -208,6 +210,7 @@ impl Tx {
     /// Undoes what was written since the savepoint, and ends it.
     pub async fn rollback_to(&mut self, sp: Savepoint) -> Result<(), StoreError> {
         self.after_commit.truncate(sp.hooks);
+        self.after_commit_work.truncate(sp.work);
         self.execute_script(&format!("ROLLBACK TO SAVEPOINT {}", sp.name))
             .await?;
         self.execute_script(&format!("RELEASE SAVEPOINT {}", sp.name))

@@ -8,11 +8,17 @@
 //! cells shifts its tally in the same transaction, so a committed tally always equals the
 //! rows; other filters (country, dates, search, partner users) count the matching rows.
 //!
-//! Concurrency: SQLite serializes writers. On PostgreSQL the cells a transaction touches are
-//! updated in a fixed order (sorted by key), so two transactions shifting the same pair of
-//! cells in opposite directions queue instead of deadlocking.
+//! Concurrency: an upsert holds its row's lock until the transaction commits. SQLite serializes
+//! writers anyway, and keeps one row per cell (shard 0). On PostgreSQL a cell is split into
+//! [`PG_SHARDS`] rows and each shift picks one at random, so an organization's concurrent
+//! creates (all into draft/pending) do not queue on one row; a cell's count is the sum of its
+//! shards, and one shard alone may be negative. The cells a transaction touches are updated
+//! in a fixed order (sorted by key), so two transactions shifting the same pair of cells in
+//! opposite directions queue instead of deadlocking.
 
+use keel_kernel::config::DatabaseKind;
 use keel_kernel::store::{Db, StoreError, Tx};
+use rand::Rng;
 use sea_query::{Expr, ExprTrait, Func, OnConflict, Query, SelectStatement};
 use uuid::Uuid;
 
@@ -20,6 +26,10 @@ use super::store::Shipment;
 use super::{EbrcStatus, Status};
 
 pub const TABLE: &str = "trade_shipment_tallies";
+
+/// Rows per cell on PostgreSQL: concurrent writes to one cell meet on the same row one time
+/// in this many, and a total sums at most 20 × this many rows.
+pub const PG_SHARDS: i16 = 8;
 
 /// One cell: a status and an e-BRC status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,27 +72,38 @@ pub async fn shift(
     if let Some(t) = to {
         steps.push((t, 1));
     }
+    let shard = match tx.kind() {
+        DatabaseKind::Sqlite => 0,
+        DatabaseKind::Postgres => rand::rng().random_range(0..PG_SHARDS),
+    };
     steps.sort();
     for (cell, delta) in steps {
-        add(tx, org, cell, delta).await?;
+        add(tx, org, cell, shard, delta).await?;
     }
     Ok(())
 }
 
-/// Adds `delta` shipments to a cell (creating it at `delta`).
-pub async fn add(tx: &mut Tx, org: Uuid, cell: Tally, delta: i64) -> Result<(), StoreError> {
+/// Adds `delta` shipments to a shard of a cell (creating it at `delta`).
+async fn add(
+    tx: &mut Tx,
+    org: Uuid,
+    cell: Tally,
+    shard: i16,
+    delta: i64,
+) -> Result<(), StoreError> {
     tx.execute(
         &Query::insert()
             .into_table(TABLE)
-            .columns(["org_id", "status", "ebrc_status", "n"])
+            .columns(["org_id", "status", "ebrc_status", "shard", "n"])
             .values_panic([
                 org.into(),
                 cell.status.as_str().into(),
                 cell.ebrc.as_str().into(),
+                shard.into(),
                 delta.into(),
             ])
             .on_conflict(
-                OnConflict::columns(["org_id", "status", "ebrc_status"])
+                OnConflict::columns(["org_id", "status", "ebrc_status", "shard"])
                     .value("n", Expr::col((TABLE, "n")).add(delta))
                     .to_owned(),
             )
@@ -141,13 +162,16 @@ pub async fn cells(db: &Db, org: Uuid) -> Result<Vec<(String, String, i64)>, Sto
         ebrc_status: String,
         n: i64,
     }
+    let n = || Func::cast_as(Func::sum(Expr::col("n")), "BIGINT");
     let rows: Vec<Cell> = db
         .fetch_all(
             &Query::select()
-                .columns(["status", "ebrc_status", "n"])
+                .columns(["status", "ebrc_status"])
+                .expr_as(n(), "n")
                 .from(TABLE)
                 .and_where(Expr::col("org_id").eq(org))
-                .and_where(Expr::col("n").gt(0))
+                .group_by_columns(["status", "ebrc_status"])
+                .and_having(Expr::expr(n()).gt(0))
                 .to_owned(),
         )
         .await?;
