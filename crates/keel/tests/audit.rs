@@ -15,7 +15,7 @@ use keel_kernel::audit::{self, AuditConfig, AuditContext};
 use keel_kernel::auth::SecurityEventKind;
 use keel_kernel::config::DatabaseKind;
 use keel_kernel::store::{Db, RetryPolicy, StoreError};
-use keel_testkit::{PASSWORD, Session, TestApp, problem};
+use keel_testkit::{PASSWORD, Session, TestApp, TestDb, problem};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -264,6 +264,31 @@ async fn the_chain_catches_a_deleted_event_in_the_middle_and_at_the_end() {
     assert_eq!(report["broken"]["seq"], 4, "{report}");
 }
 
+/// Starts the next node on a database a stopped node left, with the given relay poll, and
+/// waits (at most 10 s) for the first event its relay delivers.
+async fn next_node_delivers(
+    db: Arc<TestDb>,
+    relay_poll_ms: u64,
+) -> (
+    TestApp,
+    tokio::sync::broadcast::Receiver<Arc<audit::AuditEvent>>,
+    Arc<audit::AuditEvent>,
+) {
+    let (node, db) = TestApp::builder()
+        .database(db)
+        .configure(move |c| c.audit.relay_poll_ms = relay_poll_ms)
+        .build()
+        .await
+        .expect("build");
+    let mut events = node.state().audit.bus.subscribe();
+    let app = TestApp::serve(node, db);
+    let first = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("delivered within 10 s")
+        .expect("event");
+    (app, events, first)
+}
+
 #[tokio::test]
 async fn an_outbox_message_written_before_a_crash_is_delivered_by_the_next_node() {
     // A node that committed an event but never ran its relay (it died first).
@@ -289,18 +314,7 @@ async fn an_outbox_message_written_before_a_crash_is_delivered_by_the_next_node(
 
     // The next node delivers it, without anything new happening. Its poll interval is long,
     // so later deliveries in this test can only come from the wake-up after commit.
-    let (second, db) = TestApp::builder()
-        .database(db)
-        .configure(|c| c.audit.relay_poll_ms = 60_000)
-        .build()
-        .await
-        .expect("build");
-    let mut events = second.state().audit.bus.subscribe();
-    let app = TestApp::serve(second, db);
-    let delivered = tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .expect("delivered within 10 s")
-        .expect("event");
+    let (app, mut events, delivered) = next_node_delivers(db, 60_000).await;
     assert_eq!(delivered.action, "auth.ip_blocked");
     assert_eq!(delivered.org_id, audit::PLATFORM_ORG);
     for _ in 0..50 {
@@ -365,18 +379,7 @@ async fn an_event_committed_but_not_chained_before_a_crash_is_chained_by_the_nex
     drop(first);
 
     // The next node's relay chains it (and then delivers it) without anything new happening.
-    let (second, db) = TestApp::builder()
-        .database(db)
-        .configure(|c| c.audit.relay_poll_ms = 100)
-        .build()
-        .await
-        .expect("build");
-    let mut events = second.state().audit.bus.subscribe();
-    let app = TestApp::serve(second, db);
-    let delivered = tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .expect("chained and delivered within 10 s")
-        .expect("event");
+    let (app, _events, delivered) = next_node_delivers(db, 100).await;
     assert_eq!(delivered.id, id);
     assert_eq!(delivered.action, "invoice.issued");
     assert_eq!(delivered.seq, 1);

@@ -354,6 +354,9 @@ async fn chain_after_commit(db: Db, org_id: Uuid) {
     }
 }
 
+/// Organizations one [`chain_stale`] call serves (the next call serves the rest).
+const STALE_ORGS_PER_SWEEP: u64 = 100;
+
 /// Chains the events left pending for longer than `older_than` (their node stopped between
 /// commit and chaining, or its pass failed), every organization; how many.
 pub async fn chain_stale(db: &Db, older_than: Duration) -> Result<usize, StoreError> {
@@ -369,7 +372,7 @@ pub async fn chain_stale(db: &Db, older_than: Duration) -> Result<usize, StoreEr
                 .column("org_id")
                 .from("audit_pending")
                 .and_where(Expr::col("created_at").lt(cutoff))
-                .limit(100)
+                .limit(STALE_ORGS_PER_SWEEP)
                 .to_owned(),
         )
         .await?;

@@ -2,8 +2,8 @@
 //!
 //! Why: a list page with an exact total must not count the organization's shipments on every
 //! request. `COUNT(*)` over 100,000 index entries costs milliseconds on either engine and
-//! dominated the naive list (see PERFORMANCE.md); summing at most 5 × 4 = 20 tally rows costs
-//! microseconds and answers the unfiltered list and the status and e-BRC status filters (and
+//! dominated the naive list (see PERFORMANCE.md); summing at most 5 × 4 = 20 cells (in at
+//! most [`PG_SHARDS`] rows each) costs microseconds and answers the unfiltered list and the status and e-BRC status filters (and
 //! both together) exactly. Every write that creates, deletes or moves a shipment between
 //! cells shifts its tally in the same transaction, so a committed tally always equals the
 //! rows; other filters (country, dates, search, partner users) count the matching rows.
