@@ -319,3 +319,69 @@ async fn start_up_gives_up_after_the_configured_attempts() {
         .expect_err("no database, no start");
     assert!(format!("{err:#}").contains("after 2 attempts"), "{err:#}");
 }
+
+/// PostgreSQL plans on guesses until a table has statistics, and autovacuum takes the
+/// first ones only on its next round through the database (a minute by default): a serving
+/// node takes them within seconds of a table filling up. A table with few writes is left
+/// alone. The tables here have autovacuum off, so only the node can have analyzed them.
+#[tokio::test]
+async fn a_serving_node_takes_the_first_statistics_of_a_table_filled_after_start_up() {
+    use keel_kernel::store::Db;
+    use keel_kernel::store::planner::{FIRST_STATISTICS_CHANGES, take_first_statistics};
+
+    let app = TestApp::spawn().await;
+    let Db::Postgres(pool) = &app.state.db else {
+        // SQLite's planner needs no statistics for Keel's indexes: nothing is taken.
+        let mut tried = std::collections::HashSet::new();
+        let taken = take_first_statistics(&app.state.db, 1, &mut tried)
+            .await
+            .expect("check");
+        assert!(taken.is_empty());
+        return;
+    };
+    let filled = FIRST_STATISTICS_CHANGES * 4;
+    let sparse = FIRST_STATISTICS_CHANGES / 10;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE filled (id BIGINT PRIMARY KEY, v TEXT NOT NULL) \
+             WITH (autovacuum_enabled = false); \
+         CREATE TABLE sparse (id BIGINT PRIMARY KEY) WITH (autovacuum_enabled = false); \
+         INSERT INTO filled SELECT g, 'row ' || g FROM generate_series(1, {filled}) g; \
+         INSERT INTO sparse SELECT g FROM generate_series(1, {sparse}) g;"
+    )))
+    .execute(pool.pool())
+    .await
+    .expect("fill");
+
+    let analyzed = |table: &'static str| async move {
+        let (done,): (bool,) = sqlx::query_as(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname = $1",
+        )
+        .bind(table)
+        .fetch_one(pool.pool())
+        .await
+        .expect("table stats");
+        done
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !analyzed("filled").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statistics taken for a table with {filled} rows written within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (rows,): (f32,) =
+        sqlx::query_as("SELECT reltuples FROM pg_class WHERE oid = 'filled'::regclass")
+            .fetch_one(pool.pool())
+            .await
+            .expect("reltuples");
+    assert_eq!(
+        rows as i64, filled,
+        "the planner now knows the table's size"
+    );
+    assert!(
+        !analyzed("sparse").await,
+        "a table with {sparse} rows written is left to autovacuum"
+    );
+}

@@ -457,6 +457,9 @@ impl Application {
             u64::from(self.state.config.audit.relay_batch),
             relay_stopped,
         )));
+        let _statistics = AbortOnDrop(tokio::spawn(
+            crate::store::planner::first_statistics_forever(self.state.db.clone()),
+        ));
         let sync = AbortOnDrop(tokio::spawn(crate::auth::revocation::sync_forever(
             self.state.auth.revocations.clone(),
             self.state.db.clone(),
