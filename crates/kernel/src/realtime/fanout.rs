@@ -238,6 +238,7 @@ mod tests {
             data: serde_json::json!({ "text": "x".repeat(9000) }),
             ts: crate::store::now(),
             seq: 7,
+            text: Default::default(),
         };
         let signal = Signal {
             org_id: Uuid::nil(),

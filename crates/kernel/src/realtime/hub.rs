@@ -179,22 +179,27 @@ impl Hub {
         }
         org.last_seq = message.seq;
         let mut gone = Vec::new();
+        let (mut delivered, mut cut) = (0u64, 0u64);
         for (id, sub) in &org.subs {
             if !sub.channels.contains(&message.channel) {
                 continue;
             }
             match sub.tx.try_send(message.clone()) {
-                Ok(()) => {
-                    metrics::counter!("keel_realtime_messages_delivered_total").increment(1);
-                }
+                Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     sub.cut.store(true, Ordering::Relaxed);
-                    metrics::counter!("keel_realtime_messages_dropped_total").increment(1);
-                    metrics::counter!("keel_realtime_slow_consumers_total").increment(1);
+                    cut += 1;
                     gone.push(*id);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
             }
+        }
+        // Counted once per message, not once per subscriber: with thousands of sockets
+        // the per-call lookup of the counter would cost more than the delivery.
+        metrics::counter!("keel_realtime_messages_delivered_total").increment(delivered);
+        if cut > 0 {
+            metrics::counter!("keel_realtime_messages_dropped_total").increment(cut);
+            metrics::counter!("keel_realtime_slow_consumers_total").increment(cut);
         }
         // Dropping the sender ends the subscriber's stream once it drained its buffer.
         for id in gone {

@@ -213,6 +213,31 @@ pub struct Message {
     /// The number behind `id`.
     #[serde(skip)]
     pub(crate) seq: i64,
+    /// The message as JSON text, made once however many subscribers it goes to.
+    #[serde(skip)]
+    pub(crate) text: Text,
+}
+
+impl Message {
+    /// The message as its subscribers receive it (JSON), serialized on first use and then
+    /// shared: a cheap clone for each of the organization's sockets.
+    pub(crate) fn text(&self) -> axum::extract::ws::Utf8Bytes {
+        self.text
+            .0
+            .get_or_init(|| serde_json::to_string(self).unwrap_or_default().into())
+            .clone()
+    }
+}
+
+/// A message's serialized form, once made. Not part of what a message is: two messages
+/// are equal whether or not either was serialized yet.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Text(std::sync::OnceLock<axum::extract::ws::Utf8Bytes>);
+
+impl PartialEq for Text {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 type AuthorizeFn = Arc<
@@ -384,6 +409,7 @@ impl Realtime {
             data,
             ts,
             seq,
+            text: Text::default(),
         };
         let signal = hub::Signal {
             org_id,

@@ -319,10 +319,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
 
 /// Sends one message; false when the socket is gone or did not take it in time.
 async fn send(socket: &mut WebSocket, message: &Message, within: Duration) -> bool {
-    let Ok(text) = serde_json::to_string(message) else {
-        return true;
-    };
-    match tokio::time::timeout(within, socket.send(WsMessage::Text(text.into()))).await {
+    match tokio::time::timeout(within, socket.send(WsMessage::Text(message.text()))).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -478,8 +475,7 @@ struct SseState {
 }
 
 fn event(m: &Message) -> Event {
-    let data = serde_json::to_string(m).unwrap_or_default();
-    Event::default().id(m.id.clone()).data(data)
+    Event::default().id(m.id.clone()).data(m.text().as_str())
 }
 
 fn sse_stream(st: SseState) -> impl futures::Stream<Item = Result<Event, Infallible>> {

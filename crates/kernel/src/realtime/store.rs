@@ -154,6 +154,7 @@ impl From<MessageRow> for Message {
             data: serde_json::from_str(&r.data).unwrap_or(serde_json::Value::Null),
             ts: r.created_at,
             seq: r.seq,
+            text: Default::default(),
         }
     }
 }
