@@ -1,7 +1,8 @@
 //! Start-up, readiness and shutdown against the real database (SQLite, or PostgreSQL when
 //! `TEST_DATABASE_URL` is set): readiness follows the database and Redis, edited migrations
 //! stop start-up, nodes starting together migrate once, the database may come up late, and
-//! a shutdown drains in-flight requests.
+//! a shutdown drains in-flight requests; a node takes the first planner statistics of
+//! tables filled after start-up, and a statement the database cut off answers 503.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -384,4 +385,59 @@ async fn a_serving_node_takes_the_first_statistics_of_a_table_filled_after_start
         !analyzed("sparse").await,
         "a table with {sparse} rows written is left to autovacuum"
     );
+}
+
+/// When PostgreSQL ends a session under a running statement (a fast shutdown, a failover,
+/// an operator), the statement fails as "unavailable", which answers 503 with
+/// `Retry-After`, not as a server bug (500).
+#[tokio::test]
+async fn a_statement_cut_off_by_the_server_shutting_its_session_is_unavailable() {
+    use keel_kernel::http::error::ApiError;
+    use keel_kernel::store::{Db, StoreError};
+    use sea_query::{Expr, Query};
+
+    let app = TestApp::spawn().await;
+    let Db::Postgres(pool) = &app.state.db else {
+        return; // SQLite has no server to end a session.
+    };
+    let marker = format!("cut-off-{}", uuid::Uuid::now_v7());
+    let sleeping = Query::select()
+        .expr(Expr::cust(format!("pg_sleep(30), '{marker}'")))
+        .to_owned();
+    let db = app.state.db.clone();
+    let running = tokio::spawn(async move { db.execute(&sleeping).await });
+    // Terminate the backend running it, once it runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+        )
+        .bind(&marker)
+        .fetch_one(pool.pool())
+        .await
+        .expect("terminate");
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the statement never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the cut-off statement returns at once")
+        .expect("task")
+        .expect_err("the session was ended");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let api = ApiError::from(err);
+    assert_eq!(api.status.as_u16(), 503);
+    // The pool replaces the lost connection: the next statement works.
+    let (one,): (i32,) = sqlx::query_as("SELECT 1")
+        .fetch_one(pool.pool())
+        .await
+        .expect("a fresh connection");
+    assert_eq!(one, 1);
 }

@@ -105,6 +105,9 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if is_contention_code(db.code().as_deref()) => {
                 StoreError::Contention(e.into())
             }
+            sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
+                StoreError::Unavailable(e.into())
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
@@ -124,6 +127,21 @@ impl StoreError {
 /// PostgreSQL SQLSTATE 40001 (serialization failure) and 40P01 (deadlock).
 fn is_contention_code(code: Option<&str>) -> bool {
     matches!(code, Some("40001" | "40P01"))
+}
+
+/// PostgreSQL SQLSTATEs that say the server, not the statement, is the problem: a lost
+/// connection (class 08), the server shutting down, restarting or failing over, which ends
+/// every session with 57P01–57P03 (`terminating connection due to administrator command`),
+/// the database dropped (57P04) or gone (3D000), and no connection slot free (53300). The
+/// request may succeed once the server is back: 503, not 500.
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    match code {
+        Some(c) => {
+            c.starts_with("08")
+                || matches!(c, "57P01" | "57P02" | "57P03" | "57P04" | "3D000" | "53300")
+        }
+        None => false,
+    }
 }
 
 /// A row type both engines can decode: `sqlx::FromRow` for PostgreSQL, `serde::Deserialize`

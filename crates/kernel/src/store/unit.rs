@@ -236,6 +236,22 @@ mod tests {
     }
 
     #[test]
+    fn a_server_shutting_down_or_unreachable_is_unavailable_not_a_bug() {
+        use super::super::is_unavailable_code;
+        // Fast shutdown, crash, start-up, database dropped, gone, lost connection, no slot.
+        for code in [
+            "57P01", "57P02", "57P03", "57P04", "3D000", "08006", "08003", "53300",
+        ] {
+            assert!(is_unavailable_code(Some(code)), "{code}");
+        }
+        // A statement's own errors stay what they are.
+        for code in ["42P01", "22021", "23505", "40001", "57014"] {
+            assert!(!is_unavailable_code(Some(code)), "{code}");
+        }
+        assert!(!is_unavailable_code(None));
+    }
+
+    #[test]
     fn contention_codes_are_recognised_on_both_engines() {
         use super::super::is_contention_code;
         assert!(is_contention_code(Some("40001")));
