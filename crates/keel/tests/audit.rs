@@ -4,7 +4,8 @@
 //! an event committed but not yet chained when its node died is chained by the next node;
 //! concurrent appends keep one valid chain; retention prunes behind a checkpoint and what
 //! remains verifies; the API filters, paginates and exports; encrypted fields appear only as
-//! "changed"; the platform chain; and the transaction helper's retries and savepoints.
+//! "changed"; the platform chain; the transaction helper's retries and savepoints; and a
+//! message a subscriber refused comes back after its backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -1147,4 +1148,92 @@ async fn sign_up_sign_in_and_sign_out_are_in_the_organizations_trail() {
         .await
         .expect("json");
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// A subscriber that fails gets the message again after a backoff, and only then: the
+/// relay's claim leases the message, counts the attempt and records the error; the next
+/// claim before the backoff ends takes nothing, the one after it delivers.
+#[tokio::test]
+async fn a_message_a_subscriber_refused_is_retried_after_its_backoff() {
+    struct Flaky(AtomicU32);
+    #[async_trait::async_trait]
+    impl audit::outbox::Subscriber for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        async fn deliver(&self, _: &audit::AuditEvent) -> anyhow::Result<()> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                anyhow::bail!("downstream refused");
+            }
+            Ok(())
+        }
+    }
+    #[derive(sqlx::FromRow, serde::Deserialize)]
+    struct Outbox {
+        attempts: i64,
+        last_error: Option<String>,
+        available_at: chrono::DateTime<chrono::Utc>,
+    }
+    let outbox = || {
+        sea_query::Query::select()
+            .columns(["attempts", "last_error", "available_at"])
+            .from("audit_outbox")
+            .to_owned()
+    };
+
+    // A node that is built but not serving: no relay of its own runs.
+    let (node, _db) = TestApp::builder().build().await.expect("build");
+    let db = node.state().db.clone();
+    keel_kernel::auth::store::security_event(
+        &db,
+        None,
+        None,
+        SecurityEventKind::IpBlocked,
+        &AuditContext::system("test"),
+        json!({}),
+    )
+    .await
+    .expect("record");
+    let bus = audit::outbox::EventBus::default();
+    let flaky = Arc::new(Flaky(AtomicU32::new(0)));
+    bus.register(flaky.clone());
+
+    let before = chrono::Utc::now();
+    let refused = audit::outbox::relay_once(&db, &bus, 10)
+        .await
+        .expect("pass");
+    let after = chrono::Utc::now();
+    assert_eq!((refused.claimed, refused.delivered), (1, 0));
+    let row: Outbox = db.fetch_one(&outbox()).await.expect("outbox row");
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_error.as_deref(), Some("flaky: downstream refused"));
+    // The first retry waits 1 s (2^0), the next ones 2, 4, 8 … s.
+    assert!(
+        row.available_at >= before + TimeDelta::milliseconds(900)
+            && row.available_at <= after + TimeDelta::milliseconds(1100),
+        "first retry due at {}, refused between {before} and {after}",
+        row.available_at
+    );
+
+    let early = audit::outbox::relay_once(&db, &bus, 10)
+        .await
+        .expect("pass");
+    assert_eq!(early.claimed, 0, "claimed again before its backoff ended");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let delivered = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pass = audit::outbox::relay_once(&db, &bus, 10)
+            .await
+            .expect("pass");
+        if pass.claimed > 0 {
+            break pass;
+        }
+        assert!(std::time::Instant::now() < deadline, "never retried");
+    };
+    assert_eq!((delivered.claimed, delivered.delivered), (1, 1));
+    assert_eq!(flaky.0.load(Ordering::SeqCst), 2);
+    assert_eq!(audit::outbox::pending(&db).await.expect("pending"), 0);
+    let row: Outbox = db.fetch_one(&outbox()).await.expect("outbox row");
+    assert_eq!(row.attempts, 2);
 }

@@ -7,9 +7,10 @@
 //! — this node after a restart, or another node — delivers it). Delivery is at least once:
 //! a subscriber can see an event twice and dedupes by the event id.
 //!
-//! The relay claims a batch by leasing it (`available_at` moves `LEASE` ahead, under
-//! `FOR UPDATE SKIP LOCKED` on PostgreSQL so nodes share the work; SQLite's write lock
-//! serialises the claim), delivers outside any transaction, then marks what was delivered.
+//! The relay claims a batch by leasing it (`available_at` moves `LEASE` ahead: on PostgreSQL
+//! one `UPDATE … WHERE id IN (… FOR UPDATE SKIP LOCKED) RETURNING`, so nodes share the work
+//! in one round trip; on SQLite a read and the lease in one transaction, its write lock
+//! serialising the claim), delivers outside any transaction, then marks what was delivered.
 //! A claim whose node died expires with its lease. A subscriber that fails gets the message
 //! again later, with backoff. The relay is woken right after a commit that wrote messages
 //! ([`Tx::after_commit`]) and otherwise polls.
@@ -182,41 +183,48 @@ pub async fn relay_once(db: &Db, bus: &EventBus, batch: u64) -> Result<RelayPass
             .limit(batch)
             .to_owned()
     };
-    // A plain read first: an idle relay must not take SQLite's write lock every poll.
-    if db
-        .fetch_optional::<Message>(&due().limit(1).to_owned())
-        .await?
-        .is_none()
-    {
-        return Ok(RelayPass::default());
-    }
-    let claimed: Vec<Message> = db
-        .transaction(|tx| {
-            Box::pin(async move {
-                let rows: Vec<Message> = tx
-                    .fetch_all(
-                        &due()
-                            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                            .to_owned(),
+    let claimed: Vec<Message> = if db.kind() == crate::config::DatabaseKind::Postgres {
+        // One statement, one round trip: lease the due rows no other relay holds and return
+        // them. `RETURNING` gives the counted attempt; the backoff counts from the one
+        // before, as on SQLite.
+        let mut rows: Vec<Message> = db
+            .fetch_all(
+                &Query::update()
+                    .table("audit_outbox")
+                    .values([
+                        ("available_at", (now() + LEASE).into()),
+                        ("attempts", Expr::col("attempts").add(1)),
+                    ])
+                    .and_where(
+                        Expr::col("id").in_subquery(
+                            due()
+                                .clear_selects()
+                                .column("id")
+                                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                                .to_owned(),
+                        ),
                     )
-                    .await?;
-                if !rows.is_empty() {
-                    tx.execute(
-                        &Query::update()
-                            .table("audit_outbox")
-                            .values([
-                                ("available_at", (now() + LEASE).into()),
-                                ("attempts", Expr::col("attempts").add(1)),
-                            ])
-                            .and_where(Expr::col("id").is_in(rows.iter().map(|r| r.id)))
-                            .to_owned(),
-                    )
-                    .await?;
-                }
-                Ok::<_, StoreError>(rows)
-            })
-        })
-        .await?;
+                    .returning(Query::returning().columns(["id", "payload", "attempts"]))
+                    .to_owned(),
+            )
+            .await?;
+        for m in &mut rows {
+            m.attempts -= 1;
+        }
+        // Uuid v7 ids: creation order, as the claim's ORDER BY for messages not retried.
+        rows.sort_by_key(|m| m.id);
+        rows
+    } else {
+        // A plain read first: an idle relay must not take SQLite's write lock every poll.
+        if db
+            .fetch_optional::<Message>(&due().limit(1).to_owned())
+            .await?
+            .is_none()
+        {
+            return Ok(RelayPass::default());
+        }
+        claim_in_transaction(db, due).await?
+    };
     let mut pass = RelayPass {
         claimed: claimed.len(),
         delivered: 0,
@@ -263,6 +271,41 @@ pub async fn relay_once(db: &Db, bus: &EventBus, batch: u64) -> Result<RelayPass
         .await?;
     }
     Ok(pass)
+}
+
+/// SQLite's claim: the due rows, then their lease, in one transaction (the write lock keeps
+/// other relays out).
+async fn claim_in_transaction(
+    db: &Db,
+    due: impl Fn() -> sea_query::SelectStatement + Send + Sync,
+) -> Result<Vec<Message>, StoreError> {
+    let due = &due;
+    db.transaction(|tx| {
+        Box::pin(async move {
+            let rows: Vec<Message> = tx
+                .fetch_all(
+                    &due()
+                        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                        .to_owned(),
+                )
+                .await?;
+            if !rows.is_empty() {
+                tx.execute(
+                    &Query::update()
+                        .table("audit_outbox")
+                        .values([
+                            ("available_at", (now() + LEASE).into()),
+                            ("attempts", Expr::col("attempts").add(1)),
+                        ])
+                        .and_where(Expr::col("id").is_in(rows.iter().map(|r| r.id)))
+                        .to_owned(),
+                )
+                .await?;
+            }
+            Ok::<_, StoreError>(rows)
+        })
+    })
+    .await
 }
 
 /// Relays until `stop` turns true, then makes one last pass (so what committed before
