@@ -191,10 +191,7 @@ pub async fn relay_once(db: &Db, bus: &EventBus, batch: u64) -> Result<RelayPass
             .fetch_all(
                 &Query::update()
                     .table("audit_outbox")
-                    .values([
-                        ("available_at", (now() + LEASE).into()),
-                        ("attempts", Expr::col("attempts").add(1)),
-                    ])
+                    .values(lease())
                     .and_where(
                         Expr::col("id").in_subquery(
                             due()
@@ -273,6 +270,14 @@ pub async fn relay_once(db: &Db, bus: &EventBus, batch: u64) -> Result<RelayPass
     Ok(pass)
 }
 
+/// What claiming a message sets: its lease, and one more attempt.
+fn lease() -> [(&'static str, sea_query::SimpleExpr); 2] {
+    [
+        ("available_at", (now() + LEASE).into()),
+        ("attempts", Expr::col("attempts").add(1)),
+    ]
+}
+
 /// SQLite's claim: the due rows, then their lease, in one transaction (the write lock keeps
 /// other relays out).
 async fn claim_in_transaction(
@@ -282,21 +287,12 @@ async fn claim_in_transaction(
     let due = &due;
     db.transaction(|tx| {
         Box::pin(async move {
-            let rows: Vec<Message> = tx
-                .fetch_all(
-                    &due()
-                        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                        .to_owned(),
-                )
-                .await?;
+            let rows: Vec<Message> = tx.fetch_all(&due()).await?;
             if !rows.is_empty() {
                 tx.execute(
                     &Query::update()
                         .table("audit_outbox")
-                        .values([
-                            ("available_at", (now() + LEASE).into()),
-                            ("attempts", Expr::col("attempts").add(1)),
-                        ])
+                        .values(lease())
                         .and_where(Expr::col("id").is_in(rows.iter().map(|r| r.id)))
                         .to_owned(),
                 )
