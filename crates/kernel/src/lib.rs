@@ -49,6 +49,7 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod tenancy;
+pub mod time;
 
 /// The kernel's own module name (it cannot be switched off).
 pub const KERNEL_MODULE: &str = "kernel";

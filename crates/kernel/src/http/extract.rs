@@ -144,9 +144,25 @@ where
     }
 }
 
+/// What a response body starts with: a page of records is several KiB, and growing from a
+/// small buffer copies the page once per doubling.
+const RESPONSE_BUFFER: usize = 4096;
+
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
+        let mut body = Vec::with_capacity(RESPONSE_BUFFER);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => (
+                [(
+                    CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => ApiError::internal(anyhow::anyhow!("cannot write the response body: {e}"))
+                .into_response(),
+        }
     }
 }
 

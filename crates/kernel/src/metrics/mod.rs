@@ -5,7 +5,7 @@
 //! are gauges and counters. Kernel parts record their own families through the `metrics`
 //! macros (rate-limit decisions, sign-in outcomes, …).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -221,13 +221,13 @@ pub async fn upkeep_forever() {
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+fn status_class(status: StatusCode) -> Class {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => Class::Informational,
+        200..=299 => Class::Success,
+        300..=399 => Class::Redirect,
+        400..=499 => Class::Client,
+        _ => Class::Server,
     }
 }
 
@@ -242,15 +242,16 @@ where
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+        .map_or("unmatched", MatchedPath::as_str);
     let mut guard = Tracked {
         state: state.clone(),
-        method: req.method().as_str().to_string(),
-        route,
+        series: RouteSeries::of(req.method(), route),
         started: std::time::Instant::now(),
         status: None,
     };
-    metrics::gauge!("keel_http_requests_in_flight").increment(1.0);
+    if let Some(in_flight) = in_flight() {
+        in_flight.increment(1.0);
+    }
     let response = next(req).await;
     guard.status = Some(response.status());
     response
@@ -261,32 +262,134 @@ where
 /// counted under the status `cancelled`.
 struct Tracked {
     state: AppState,
-    method: String,
-    route: String,
+    series: Arc<RouteSeries>,
     started: std::time::Instant,
     status: Option<StatusCode>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        metrics::gauge!("keel_http_requests_in_flight").decrement(1.0);
+        if let Some(in_flight) = in_flight() {
+            in_flight.decrement(1.0);
+        }
         let duration = self.started.elapsed();
         let (class, error) = match self.status {
             Some(status) => (status_class(status), status.is_server_error()),
-            None if std::thread::panicking() => ("5xx", true),
-            None => ("cancelled", false),
+            None if std::thread::panicking() => (Class::Server, true),
+            None => (Class::Cancelled, false),
         };
-        let series = format!("{} {}", self.method, self.route);
+        let series = &self.series;
         self.state
             .http_stats
-            .record(series.as_str(), str::to_string, duration, error);
-        crate::observe::warn_if_slow("request", &series, duration);
-        let method = std::mem::take(&mut self.method);
-        let route = std::mem::take(&mut self.route);
-        metrics::counter!("keel_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => class)
+            .record(&*series.name, str::to_string, duration, error);
+        crate::observe::warn_if_slow("request", &series.name, duration);
+        series.requests[class as usize]
+            .get_or_init(|| {
+                metrics::counter!("keel_http_requests_total", "method" => series.method, "route" => series.route.clone(), "status" => class.label())
+            })
             .increment(1);
-        metrics::histogram!("keel_http_request_duration_seconds", "method" => method, "route" => route)
-            .record(duration.as_secs_f64());
+        series.duration.record(duration.as_secs_f64());
+    }
+}
+
+/// The requests in flight, as one handle (none until the recorder is installed).
+fn in_flight() -> Option<&'static metrics::Gauge> {
+    static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+    handle()?;
+    Some(GAUGE.get_or_init(|| metrics::gauge!("keel_http_requests_in_flight")))
+}
+
+/// A response's status class, as the `status` label says it.
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    Informational,
+    Success,
+    Redirect,
+    Client,
+    Server,
+    Cancelled,
+}
+
+impl Class {
+    const COUNT: usize = 6;
+
+    fn label(self) -> &'static str {
+        match self {
+            Class::Informational => "1xx",
+            Class::Success => "2xx",
+            Class::Redirect => "3xx",
+            Class::Client => "4xx",
+            Class::Server => "5xx",
+            Class::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The metric handles of one method and route template, made once per process: looking a
+/// metric up by name and labels hashes them all and takes the registry's lock, which cost
+/// more per request than the rest of this layer.
+struct RouteSeries {
+    /// `GET /api/v1/…`: the series of the recent-latency window.
+    name: Box<str>,
+    method: &'static str,
+    route: String,
+    /// `keel_http_requests_total`, by [`Class`].
+    requests: [OnceLock<metrics::Counter>; Class::COUNT],
+    duration: metrics::Histogram,
+}
+
+type SeriesByRoute = std::collections::HashMap<Box<str>, Vec<Arc<RouteSeries>>>;
+
+impl RouteSeries {
+    fn of(method: &axum::http::Method, route: &str) -> Arc<RouteSeries> {
+        static ALL: OnceLock<RwLock<SeriesByRoute>> = OnceLock::new();
+        let method = method_label(method);
+        let all = ALL.get_or_init(RwLock::default);
+        let found = |map: &SeriesByRoute| {
+            map.get(route)
+                .and_then(|list| list.iter().find(|s| s.method == method).cloned())
+        };
+        if let Some(series) = all.read().ok().as_deref().and_then(found) {
+            return series;
+        }
+        // The recorder must exist before a handle is made, or the handle records nothing.
+        handle();
+        let make = || {
+            Arc::new(RouteSeries {
+                name: format!("{method} {route}").into_boxed_str(),
+                method,
+                route: route.to_string(),
+                requests: Default::default(),
+                duration: metrics::histogram!("keel_http_request_duration_seconds", "method" => method, "route" => route.to_string()),
+            })
+        };
+        let Ok(mut map) = all.write() else {
+            return make();
+        };
+        if let Some(series) = found(&map) {
+            return series;
+        }
+        let series = make();
+        map.entry(route.into()).or_default().push(series.clone());
+        series
+    }
+}
+
+/// The method as a label: one of the standard methods, or `OTHER`, so a client inventing
+/// methods cannot add series without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
     }
 }
 
@@ -378,4 +481,32 @@ pub async fn prometheus(
         handle.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    #[test]
+    fn methods_a_client_invents_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        for invented in ["BREW", "PROPFIND", "X-ANYTHING"] {
+            let method = Method::from_bytes(invented.as_bytes()).expect("token");
+            assert_eq!(method_label(&method), "OTHER", "{invented}");
+        }
+    }
+
+    #[test]
+    fn a_route_and_method_keep_one_series() {
+        let first = RouteSeries::of(&Method::GET, "/api/v1/things/{id}");
+        let again = RouteSeries::of(&Method::GET, "/api/v1/things/{id}");
+        let other = RouteSeries::of(&Method::POST, "/api/v1/things/{id}");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(&*first.name, "GET /api/v1/things/{id}");
+        assert_eq!(&*other.name, "POST /api/v1/things/{id}");
+    }
 }

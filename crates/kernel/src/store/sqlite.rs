@@ -631,9 +631,12 @@ impl<'de> de::SeqAccess<'de> for Columns<'_, '_> {
         if self.next >= self.names.len() {
             return Ok(None);
         }
-        let value = self.row.get_ref(self.next)?;
+        let column = Column {
+            row: self.row,
+            index: self.next,
+        };
         self.next += 1;
-        seed.deserialize(ValueDeserializer(value)).map(Some)
+        seed.deserialize(column).map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -666,13 +669,107 @@ impl<'de> de::MapAccess<'de> for Columns<'_, '_> {
         &mut self,
         seed: V,
     ) -> Result<V::Value, DecodeError> {
-        let value = self.row.get_ref(self.next)?;
+        let column = Column {
+            row: self.row,
+            index: self.next,
+        };
         self.next += 1;
-        seed.deserialize(ValueDeserializer(value))
+        seed.deserialize(column)
     }
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.names.len() - self.next)
+    }
+}
+
+/// One column of a row, read only when its value is asked for: a column the row type does
+/// not have (the other half of a pair, a column added by a later migration) is skipped
+/// without being fetched from SQLite or checked as UTF-8.
+struct Column<'a, 'stmt> {
+    row: &'a rusqlite::Row<'stmt>,
+    index: usize,
+}
+
+impl Column<'_, '_> {
+    fn value(&self) -> Result<ValueDeserializer<'_>, DecodeError> {
+        Ok(ValueDeserializer(self.row.get_ref(self.index)?))
+    }
+}
+
+/// Forwards each `deserialize_*` method to the column's value.
+macro_rules! forward_to_value {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+            self.value()?.$method(visitor)
+        }
+    )*};
+}
+
+impl<'de> de::Deserializer<'de> for Column<'_, '_> {
+    type Error = DecodeError;
+
+    forward_to_value! {
+        deserialize_any deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32
+        deserialize_i64 deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32
+        deserialize_u64 deserialize_u128 deserialize_f32 deserialize_f64 deserialize_char
+        deserialize_str deserialize_string deserialize_bytes deserialize_byte_buf
+        deserialize_option deserialize_unit deserialize_seq deserialize_map
+        deserialize_identifier
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_unit()
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.value()?.deserialize_unit_struct(name, visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.value()?.deserialize_newtype_struct(name, visitor)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.value()?.deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.value()?.deserialize_tuple_struct(name, len, visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.value()?.deserialize_struct(name, fields, visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.value()?.deserialize_enum(name, variants, visitor)
     }
 }
 
@@ -883,6 +980,29 @@ mod tests {
         )
         .expect("select");
         assert_eq!(rows, vec![(7, "x".to_string(), None)]);
+    }
+
+    /// Each half of a pair, and any row type that leaves columns out, reads only its own
+    /// columns: a column it does not name is not even checked as text.
+    #[test]
+    fn columns_a_row_type_does_not_name_are_not_read() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Count {
+            n: i64,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct Junk {
+            #[allow(dead_code)]
+            junk: String,
+        }
+        let conn = Connection::open_in_memory().expect("db");
+        let sql = "SELECT CAST(x'ff' AS TEXT) AS junk, 7 AS n";
+        let none = sea_query::Values(vec![]);
+        let pairs: Vec<(Count, Count)> = fetch_all_pairs(&conn, sql, &none).expect("pairs");
+        assert_eq!(pairs, vec![(Count { n: 7 }, Count { n: 7 })]);
+        // The same column, asked for, is read and refused.
+        let err = fetch_all::<Junk>(&conn, sql, &none).expect_err("not UTF-8");
+        assert!(err.to_string().contains("UTF-8"), "{err}");
     }
 
     #[tokio::test]

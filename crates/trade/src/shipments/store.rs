@@ -45,6 +45,7 @@ pub struct Shipment {
     /// ISO 4217.
     pub currency: String,
     pub shipping_bill_number: Option<String>,
+    #[serde(default, with = "keel_kernel::time::date::option")]
     pub shipping_bill_date: Option<NaiveDate>,
     /// `lut` (export under letter of undertaking, no IGST) or `with_payment` (IGST paid).
     pub export_type: String,
@@ -54,7 +55,11 @@ pub struct Shipment {
     pub ebrc_status: String,
     /// Payments received so far, in minor units of `currency`.
     pub realized_minor: i64,
+    // Written and read without chrono's general formatter and parser: a page of 20 carries
+    // 40 timestamps each way (see `keel_kernel::time`).
+    #[serde(with = "keel_kernel::time::utc")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "keel_kernel::time::utc")]
     pub updated_at: DateTime<Utc>,
     pub version: i64,
 }
