@@ -938,7 +938,6 @@ fn first_page_limit(sql: &str, values: &[sea_query::Value]) -> Option<(String, u
     Some((format!("{} LIMIT {limit}{rest}", &sql[..at]), limit_at - 1))
 }
 
-
 #[cfg(test)]
 mod tests {
     use sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, Query};
