@@ -442,7 +442,7 @@ impl Db {
                 run_sqlite(db, op, |conn| sqlite::fetch_all(conn, &sql, &values.0)).await
             }
             Db::Postgres(pool) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 // Boxed here and below: sqlx's futures are large, and every future awaiting
                 // the store (handlers, middleware) would otherwise carry their size on SQLite
@@ -479,7 +479,7 @@ impl Db {
                 .await
             }
             Db::Postgres(pool) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 Box::pin(async {
                     let mut conn = acquire_pg(pool).await?;
@@ -511,7 +511,7 @@ impl Db {
                 run_sqlite(db, op, |conn| sqlite::fetch_optional(conn, &sql, &values.0)).await
             }
             Db::Postgres(pool) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 Box::pin(async {
                     let mut conn = acquire_pg(pool).await?;
@@ -541,7 +541,7 @@ impl Db {
                 run_sqlite(db, op, |conn| sqlite::execute(conn, &sql, &values.0)).await
             }
             Db::Postgres(pool) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 Box::pin(async {
                     let mut conn = acquire_pg(pool).await?;
@@ -568,7 +568,7 @@ impl Db {
                 Ok(sqlite::query_plan(&conn, &sql, &values.0)?.join("\n"))
             }
             Db::Postgres(pool) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let rows: Vec<(String,)> =
                     sqlx::query_as_with(AssertSqlSafe(format!("EXPLAIN {sql}")), values)
                         .fetch_all(pool.pool())
@@ -795,7 +795,7 @@ impl Tx {
                 result
             }
             TxConn::Postgres(tx, _) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
                 let result =
@@ -825,7 +825,7 @@ impl Tx {
                 result
             }
             TxConn::Postgres(tx, _) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
                 let result = Box::pin(
@@ -857,7 +857,7 @@ impl Tx {
                 result
             }
             TxConn::Postgres(tx, _) => {
-                let (sql, values) = postgres_sql(stmt);
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 let op = stats::operation_name(&sql);
                 let started = Instant::now();
                 let result =
@@ -884,112 +884,5 @@ impl Tx {
             }
         };
         self.observe(result)
-    }
-}
-
-/// The statement for PostgreSQL, with a first page's `LIMIT` written into its text.
-///
-/// Bound as `LIMIT $n`, the limit is unknown to the plan PostgreSQL keeps for a prepared
-/// statement, which then assumes a tenth of the rows are wanted. That generic plan looks far
-/// costlier than one made for the actual values, so the server planned the statement again on
-/// every execution: for a page of 20 out of 100,000 rows, the planning cost as much as the
-/// query. With the limit in the text the kept plan is as cheap as a fresh one, and is used.
-/// Only a statement without an offset (or an offset of 0, dropped) is rewritten: the texts
-/// of deeper offset pages would crowd the connection's statement cache.
-fn postgres_sql(stmt: &impl SqlxBinder) -> (String, sea_query_sqlx::SqlxValues) {
-    let (sql, mut values) = stmt.build_sqlx(PostgresQueryBuilder);
-    match first_page_limit(&sql, &values.0.0) {
-        Some((sql, bound)) => {
-            values.0.0.truncate(bound);
-            (sql, values)
-        }
-        None => (sql, values),
-    }
-}
-
-/// `sql` with its last placeholders — a `LIMIT`, and an `OFFSET` of 0 if any — written as
-/// the number (and the offset dropped); and how many of `values` stay bound. `None` leaves
-/// the statement as it is.
-fn first_page_limit(sql: &str, values: &[sea_query::Value]) -> Option<(String, usize)> {
-    use sea_query::Value;
-    fn placeholder(text: &str) -> Option<(usize, &str)> {
-        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-        Some((text.get(..digits)?.parse().ok()?, &text[digits..]))
-    }
-    let at = sql.rfind(" LIMIT $")?;
-    let (limit_at, mut rest) = placeholder(&sql[at + " LIMIT $".len()..])?;
-    let mut last = limit_at;
-    if let Some(after) = rest.strip_prefix(" OFFSET $") {
-        let (offset_at, after) = placeholder(after)?;
-        if offset_at != limit_at + 1
-            || !matches!(values.get(offset_at - 1)?, Value::BigUnsigned(Some(0)))
-        {
-            return None;
-        }
-        (last, rest) = (offset_at, after);
-    }
-    // The rewritten placeholders must be the statement's last ones, in order.
-    if rest.contains('$') || last != values.len() {
-        return None;
-    }
-    let Value::BigUnsigned(Some(limit)) = values.get(limit_at.checked_sub(1)?)? else {
-        return None;
-    };
-    Some((format!("{} LIMIT {limit}{rest}", &sql[..at]), limit_at - 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, Query};
-
-    use super::*;
-
-    fn page(offset: Option<u64>) -> sea_query::SelectStatement {
-        let mut q = Query::select()
-            .column("id")
-            .from("things")
-            .and_where(Expr::col("org_id").eq(7))
-            .order_by("id", sea_query::Order::Desc)
-            .limit(21)
-            .to_owned();
-        if let Some(offset) = offset {
-            q.offset(offset);
-        }
-        q
-    }
-
-    #[test]
-    fn a_first_page_limit_is_written_into_the_statement() {
-        for offset in [None, Some(0)] {
-            let (sql, values) = postgres_sql(&page(offset));
-            assert_eq!(
-                sql,
-                r#"SELECT "id" FROM "things" WHERE "org_id" = $1 ORDER BY "id" DESC LIMIT 21"#
-            );
-            assert_eq!(values.0.0.len(), 1, "only the org stays bound");
-        }
-        // A lock clause after the limit stays where it was.
-        let mut locked = page(None);
-        locked.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-        let (sql, values) = postgres_sql(&locked);
-        assert!(sql.ends_with(" LIMIT 21 FOR UPDATE SKIP LOCKED"), "{sql}");
-        assert_eq!(values.0.0.len(), 1);
-    }
-
-    #[test]
-    fn deeper_pages_and_limits_followed_by_other_values_stay_bound() {
-        let (sql, values) = postgres_sql(&page(Some(40)));
-        assert!(sql.ends_with(" LIMIT $2 OFFSET $3"), "{sql}");
-        assert_eq!(values.0.0.len(), 3);
-        // A limit inside a subquery that other values follow.
-        let inner = page(None);
-        let outer = Query::select()
-            .column("id")
-            .from_subquery(inner, "p")
-            .and_where(Expr::col("id").gt(3))
-            .to_owned();
-        let (sql, values) = postgres_sql(&outer);
-        assert!(sql.contains(" LIMIT $2)"), "{sql}");
-        assert_eq!(values.0.0.len(), 3);
     }
 }
