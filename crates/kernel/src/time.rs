@@ -172,10 +172,67 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, chrono::ParseError> {
     }
 }
 
+/// Reads a string as chrono's own visitors do: through `parse`, its error as the message.
+struct Text<T> {
+    parse: fn(&str) -> Result<T, chrono::ParseError>,
+    expecting: &'static str,
+}
+
+impl<T> serde::de::Visitor<'_> for Text<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+}
+
+/// `null` (or nothing), or a string read by the [`Text`] visitor.
+struct OrNone<T>(Text<T>);
+
+impl<'de, T> serde::de::Visitor<'de> for OrNone<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "null or {}", self.0.expecting)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_str(self.0).map(Some)
+    }
+}
+
+fn serialize_option<T, S, F>(value: &Option<T>, s: S, some: F) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    F: FnOnce(&T, S) -> Result<S::Ok, S::Error>,
+{
+    match value {
+        Some(v) => some(v, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// `#[serde(with = "keel_kernel::time::utc")]` for `DateTime<Utc>`.
 pub mod utc {
     use chrono::{DateTime, Utc};
-    use serde::{Deserializer, Serializer, de};
+    use serde::{Deserializer, Serializer};
+
+    const TEXT: super::Text<DateTime<Utc>> = super::Text {
+        parse: super::parse_utc,
+        expecting: "an RFC 3339 formatted date and time string",
+    };
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         match super::rfc3339(t) {
@@ -184,47 +241,26 @@ pub mod utc {
         }
     }
 
-    struct Visitor;
-
-    impl de::Visitor<'_> for Visitor {
-        type Value = DateTime<Utc>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an RFC 3339 formatted date and time string")
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            super::parse_utc(v).map_err(E::custom)
-        }
-    }
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        d.deserialize_str(Visitor)
+        d.deserialize_str(TEXT)
     }
 
     /// `#[serde(with = "keel_kernel::time::utc::option")]` for `Option<DateTime<Utc>>`.
     pub mod option {
         use chrono::{DateTime, Utc};
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        #[derive(Deserialize)]
-        #[serde(transparent)]
-        struct Wrapped(#[serde(with = "super")] DateTime<Utc>);
+        use serde::{Deserializer, Serializer};
 
         pub fn serialize<S: Serializer>(
             t: &Option<DateTime<Utc>>,
             s: S,
         ) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => super::serialize(t, s),
-                None => s.serialize_none(),
-            }
+            super::super::serialize_option(t, s, super::serialize)
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<DateTime<Utc>>, D::Error> {
-            Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+            d.deserialize_option(super::super::OrNone(super::TEXT))
         }
     }
 }
@@ -232,7 +268,12 @@ pub mod utc {
 /// `#[serde(with = "keel_kernel::time::date")]` for `NaiveDate`.
 pub mod date {
     use chrono::NaiveDate;
-    use serde::{Deserializer, Serializer, de};
+    use serde::{Deserializer, Serializer};
+
+    const TEXT: super::Text<NaiveDate> = super::Text {
+        parse: super::parse_date,
+        expecting: "a formatted date string",
+    };
 
     pub fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
         match super::iso_date(d) {
@@ -241,42 +282,21 @@ pub mod date {
         }
     }
 
-    struct Visitor;
-
-    impl de::Visitor<'_> for Visitor {
-        type Value = NaiveDate;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a formatted date string")
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            super::parse_date(v).map_err(E::custom)
-        }
-    }
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
-        d.deserialize_str(Visitor)
+        d.deserialize_str(TEXT)
     }
 
     /// `#[serde(with = "keel_kernel::time::date::option")]` for `Option<NaiveDate>`.
     pub mod option {
         use chrono::NaiveDate;
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        #[derive(Deserialize)]
-        #[serde(transparent)]
-        struct Wrapped(#[serde(with = "super")] NaiveDate);
+        use serde::{Deserializer, Serializer};
 
         pub fn serialize<S: Serializer>(d: &Option<NaiveDate>, s: S) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
+            super::super::serialize_option(d, s, super::serialize)
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
-            Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+            d.deserialize_option(super::super::OrNone(super::TEXT))
         }
     }
 }
@@ -338,62 +358,77 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn writes_exactly_what_chrono_writes() {
-        for t in samples() {
-            let day = t.date_naive();
-            let fast = Fast {
-                at: t,
-                maybe_at: Some(t),
-                day,
-                maybe_day: Some(day),
-            };
-            let chrono = Chrono {
-                at: t,
-                maybe_at: Some(t),
-                day,
-                maybe_day: Some(day),
-            };
-            assert_eq!(
-                serde_json::to_string(&fast).expect("fast"),
-                serde_json::to_string(&chrono).expect("chrono"),
-                "{t:?}"
-            );
-        }
-        let none = |f: bool| {
-            if f {
-                serde_json::to_string(&Fast {
-                    at: at(2025, 1, 9, 1, 9, 9, 0),
-                    maybe_at: None,
-                    day: NaiveDate::MIN,
-                    maybe_day: None,
-                })
-            } else {
-                serde_json::to_string(&Chrono {
-                    at: at(2025, 1, 9, 1, 9, 9, 0),
-                    maybe_at: None,
-                    day: NaiveDate::MIN,
-                    maybe_day: None,
-                })
-            }
-            .expect("json")
+    /// The same values in both shapes: the optional fields set, or left out.
+    fn pair(t: DateTime<Utc>, day: NaiveDate, present: bool) -> (Fast, Chrono) {
+        let (maybe_at, maybe_day) = if present {
+            (Some(t), Some(day))
+        } else {
+            (None, None)
         };
-        assert_eq!(none(true), none(false));
+        (
+            Fast {
+                at: t,
+                maybe_at,
+                day,
+                maybe_day,
+            },
+            Chrono {
+                at: t,
+                maybe_at,
+                day,
+                maybe_day,
+            },
+        )
+    }
+
+    fn pairs() -> impl Iterator<Item = (Fast, Chrono)> {
+        let dates = samples().into_iter().map(|t| (t, t.date_naive())).chain([
+            (samples()[0], NaiveDate::MIN),
+            (samples()[0], NaiveDate::MAX),
+        ]);
+        dates.flat_map(|(t, day)| [pair(t, day, true), pair(t, day, false)])
     }
 
     #[test]
-    fn reads_what_it_writes_and_what_is_stored() {
-        for t in samples() {
-            let day = t.date_naive();
-            let fast = Fast {
-                at: t,
-                maybe_at: Some(t),
-                day,
-                maybe_day: None,
-            };
-            let json = serde_json::to_string(&fast).expect("json");
-            assert_eq!(serde_json::from_str::<Fast>(&json).expect("read"), fast);
+    fn writes_exactly_what_chrono_writes() {
+        for (fast, chrono) in pairs() {
+            assert_eq!(
+                serde_json::to_string(&fast).expect("fast"),
+                serde_json::to_string(&chrono).expect("chrono"),
+                "{chrono:?}"
+            );
         }
+    }
+
+    #[test]
+    fn reads_what_chrono_writes_as_chrono_reads_it() {
+        for (fast, chrono) in pairs() {
+            let json = serde_json::to_string(&chrono).expect("json");
+            let read: Fast = serde_json::from_str(&json).expect("read");
+            let by_chrono: Chrono = serde_json::from_str(&json).expect("chrono reads");
+            assert_eq!(read, fast, "{json}");
+            assert_eq!(
+                (read.at, read.maybe_at, read.day, read.maybe_day),
+                (
+                    by_chrono.at,
+                    by_chrono.maybe_at,
+                    by_chrono.day,
+                    by_chrono.maybe_day
+                )
+            );
+        }
+        // A wrong type is refused as chrono refuses it.
+        let wrong = r#"{"at":5,"maybe_at":null,"day":"2025-01-09","maybe_day":7}"#;
+        let refused = serde_json::from_str::<Fast>(wrong)
+            .err()
+            .map(|e| e.to_string());
+        assert!(refused.is_some());
+        assert_eq!(
+            refused,
+            serde_json::from_str::<Chrono>(wrong)
+                .err()
+                .map(|e| e.to_string())
+        );
         // The shape SQLite rows hold: `+00:00`, microseconds.
         assert_eq!(
             parse_utc("2025-01-09T01:09:09.281459+00:00"),

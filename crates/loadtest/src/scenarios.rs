@@ -748,8 +748,6 @@ async fn fanout(cli: &Cli, target: &Target, a: FanoutArgs) -> Result<bool> {
     )
 }
 
-/// One WebSocket subscriber; returns its delivery latencies and how many messages of this
-/// run it received.
 /// What a subscriber reads of a message: the shipment it is about.
 #[derive(serde::Deserialize)]
 struct Delivered {
@@ -761,6 +759,8 @@ struct DeliveredData {
     resource_id: Option<Uuid>,
 }
 
+/// One WebSocket subscriber; returns its delivery latencies and how many messages of this
+/// run it received.
 async fn subscriber(
     url: String,
     token: String,
