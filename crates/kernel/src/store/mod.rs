@@ -886,3 +886,125 @@ impl Tx {
         self.observe(result)
     }
 }
+
+/// A page query whose first-page `LIMIT` is written into its PostgreSQL text, so that the
+/// server keeps one plan for it instead of planning it again on every execution.
+///
+/// Bound as `LIMIT $n`, the limit is unknown to the plan PostgreSQL keeps for a prepared
+/// statement, which then assumes a tenth of the rows are wanted. That generic plan looks far
+/// costlier than one made for the actual values, so the server plans the statement afresh on
+/// every execution: for a page of 20 out of 100,000 rows, the planning costs as much as the
+/// query. With the limit in the text, the kept plan is as cheap as a fresh one and is used.
+///
+/// Opt in only where a kept plan is right for every value the statement's other parameters
+/// take: an organization's rows in one index order are; a text search, whose best plan
+/// depends on how common the term is, is not. Deeper pages (an offset other than 0) keep
+/// their limit bound, so that their texts do not crowd the connection's statement cache.
+/// SQLite, which plans a statement once when it is prepared, gets the statement unchanged.
+pub struct KeptPlan<'a, S>(pub &'a S);
+
+impl<S: SqlxBinder> SqlxBinder for KeptPlan<'_, S> {
+    fn build_sqlx<T: sea_query::QueryBuilder>(
+        &self,
+        query_builder: T,
+    ) -> (String, sea_query_sqlx::SqlxValues) {
+        let (sql, mut values) = self.0.build_sqlx(query_builder);
+        match first_page_limit(&sql, &values.0.0) {
+            Some((sql, bound)) => {
+                values.0.0.truncate(bound);
+                (sql, values)
+            }
+            None => (sql, values),
+        }
+    }
+}
+
+/// `sql` with its last placeholders — a `LIMIT`, and an `OFFSET` of 0 if any — written as
+/// the number (and the offset dropped); and how many of `values` stay bound. `None` leaves
+/// the statement as it is (PostgreSQL's `$n` placeholders only).
+fn first_page_limit(sql: &str, values: &[sea_query::Value]) -> Option<(String, usize)> {
+    use sea_query::Value;
+    fn placeholder(text: &str) -> Option<(usize, &str)> {
+        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+        Some((text.get(..digits)?.parse().ok()?, &text[digits..]))
+    }
+    let at = sql.rfind(" LIMIT $")?;
+    let (limit_at, mut rest) = placeholder(&sql[at + " LIMIT $".len()..])?;
+    let mut last = limit_at;
+    if let Some(after) = rest.strip_prefix(" OFFSET $") {
+        let (offset_at, after) = placeholder(after)?;
+        if offset_at != limit_at + 1
+            || !matches!(values.get(offset_at - 1)?, Value::BigUnsigned(Some(0)))
+        {
+            return None;
+        }
+        (last, rest) = (offset_at, after);
+    }
+    // The rewritten placeholders must be the statement's last ones, in order.
+    if rest.contains('$') || last != values.len() {
+        return None;
+    }
+    let Value::BigUnsigned(Some(limit)) = values.get(limit_at.checked_sub(1)?)? else {
+        return None;
+    };
+    Some((format!("{} LIMIT {limit}{rest}", &sql[..at]), limit_at - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, Query};
+
+    use super::*;
+
+    fn page(offset: Option<u64>) -> sea_query::SelectStatement {
+        let mut q = Query::select()
+            .column("id")
+            .from("things")
+            .and_where(Expr::col("org_id").eq(7))
+            .order_by("id", sea_query::Order::Desc)
+            .limit(21)
+            .to_owned();
+        if let Some(offset) = offset {
+            q.offset(offset);
+        }
+        q
+    }
+
+    #[test]
+    fn a_first_page_limit_is_written_into_the_statement() {
+        for offset in [None, Some(0)] {
+            let (sql, values) = KeptPlan(&page(offset)).build_sqlx(PostgresQueryBuilder);
+            assert_eq!(
+                sql,
+                r#"SELECT "id" FROM "things" WHERE "org_id" = $1 ORDER BY "id" DESC LIMIT 21"#
+            );
+            assert_eq!(values.0.0.len(), 1, "only the org stays bound");
+        }
+        // A lock clause after the limit stays where it was.
+        let mut locked = page(None);
+        locked.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        let (sql, values) = KeptPlan(&locked).build_sqlx(PostgresQueryBuilder);
+        assert!(sql.ends_with(" LIMIT 21 FOR UPDATE SKIP LOCKED"), "{sql}");
+        assert_eq!(values.0.0.len(), 1);
+    }
+
+    #[test]
+    fn deeper_pages_other_values_after_the_limit_and_sqlite_stay_bound() {
+        let (sql, values) = KeptPlan(&page(Some(40))).build_sqlx(PostgresQueryBuilder);
+        assert!(sql.ends_with(" LIMIT $2 OFFSET $3"), "{sql}");
+        assert_eq!(values.0.0.len(), 3);
+        // A limit inside a subquery that other values follow.
+        let outer = Query::select()
+            .column("id")
+            .from_subquery(page(None), "p")
+            .and_where(Expr::col("id").gt(3))
+            .to_owned();
+        let (sql, values) = KeptPlan(&outer).build_sqlx(PostgresQueryBuilder);
+        assert!(sql.contains(" LIMIT $2)"), "{sql}");
+        assert_eq!(values.0.0.len(), 3);
+        // SQLite's statement is left as the builder wrote it.
+        let plain = page(Some(0)).build_sqlx(SqliteQueryBuilder);
+        let kept = KeptPlan(&page(Some(0))).build_sqlx(SqliteQueryBuilder);
+        assert_eq!((kept.0, kept.1.0.0.len()), (plain.0, plain.1.0.0.len()));
+    }
+}

@@ -5,7 +5,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use keel_kernel::config::DatabaseKind;
 use keel_kernel::http::pagination::PageRequest;
-use keel_kernel::store::{Db, StoreError, Tx, now};
+use keel_kernel::store::{Db, KeptPlan, StoreError, Tx, now};
 use keel_kernel::tenancy::TenantScope;
 use sea_query::{Cond, Expr, ExprTrait, Func, LikeExpr, Query, SelectStatement};
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,17 @@ impl Filter {
         cond
     }
 
+    /// Whether one plan is best for this page query whatever the organization and the
+    /// filter's value: no filter but one of the two statuses, in creation order, which one
+    /// index (`trade_shipments_org_created`, `_org_status` or `_org_ebrc`) answers exactly.
+    /// PostgreSQL may then keep the page query's plan ([`KeptPlan`]). Two filters, or
+    /// another order, have plans that depend on how common the values are.
+    fn plan_is_stable(&self, scope: &TenantScope, page: &PageRequest) -> bool {
+        self.tallied(scope)
+            && !(self.status.is_some() && self.ebrc_status.is_some())
+            && page.sort == "created_at"
+    }
+
     /// Whether the tallies answer this filter's total (status and e-BRC status only).
     fn tallied(&self, scope: &TenantScope) -> bool {
         scope.partner_id().is_none()
@@ -435,8 +446,14 @@ pub async fn list(
 ) -> Result<(Vec<Shipment>, Option<(u64, bool)>), StoreError> {
     let plan = SearchPlan::choose(db, scope, filter).await?;
     let mut select = page_query(scope, filter, page, plan);
+    let stable = filter.plan_is_stable(scope, page);
     if !page.wants_total() {
-        return Ok((db.fetch_all(&select).await?, None));
+        let rows = if stable {
+            db.fetch_all(&KeptPlan(&select)).await?
+        } else {
+            db.fetch_all(&select).await?
+        };
+        return Ok((rows, None));
     }
     if filter.tallied(scope) {
         // One statement: the page and, as a scalar subquery evaluated once, its total from
@@ -447,7 +464,11 @@ pub async fn list(
         }
         let sum = tally::sum_query(scope.org_id(), filter.status, filter.ebrc_status);
         select.expr_as(Expr::SubQuery(None, Box::new(sum.into())), "total");
-        let rows: Vec<(Shipment, Total)> = db.fetch_all_pairs(&select).await?;
+        let rows: Vec<(Shipment, Total)> = if stable {
+            db.fetch_all_pairs(&KeptPlan(&select)).await?
+        } else {
+            db.fetch_all_pairs(&select).await?
+        };
         let total = match rows.first() {
             Some((_, t)) => u64::try_from(t.total).unwrap_or(0),
             None => tally::sum(db, scope.org_id(), filter.status, filter.ebrc_status).await?,
