@@ -221,17 +221,21 @@ fn main() -> ExitCode {
             Command::Keys { action } => keys_cmd(config, action).await,
         }
     });
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             if let Some(config_error) = e.downcast_ref::<ConfigError>() {
-                return config_failure(config_error);
+                config_failure(config_error)
+            } else {
+                tracing::error!(error = format!("{e:#}"), "keel stopped with an error");
+                eprintln!("keel: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
             }
-            tracing::error!(error = format!("{e:#}"), "keel stopped with an error");
-            eprintln!("keel: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
         }
-    }
+    };
+    // The server's log lines are written by a thread of their own: write what is queued.
+    keel_kernel::observe::flush_logs();
+    code
 }
 
 fn load(source: &ConfigSource) -> Result<Config, ConfigError> {

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use keel_kernel::housekeeping::Housekeeping;
 use keel_kernel::jobs::{EnqueueOptions, ScheduledTick};
 use keel_kernel::tenancy::TenantScope;
@@ -334,6 +335,119 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
     assert_eq!(
         json["span"]["trace_id"], trace_id,
         "the log line carries the caller's trace id: {line}"
+    );
+}
+
+/// The server writes its log lines from a thread of its own. A reader of its stdout that
+/// stops reading must not hold up requests; and every request's access-log line must still
+/// come out whole, once, and before the process exits, though the process is told to stop
+/// while its lines are still waiting for that reader.
+#[tokio::test]
+async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() {
+    keel_kernel::server::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.current_dir(dir.path()).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    let mut child = cmd
+        .arg("serve")
+        .env("KEEL_LISTEN", "127.0.0.1:0")
+        .env("KEEL_LOG__FORMAT", "json")
+        .env("KEEL_JOBS__ENABLED", "false")
+        .env("KEEL_SCHEDULER__ENABLED", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                let _ = addr_tx.send(addr);
+                // Stop reading until the server is told to stop: the pipe fills (the
+                // requests' lines are far more than it holds) and the lines queue.
+                let _ = resume_rx.recv();
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("keel serve did not report its address");
+
+    // Many requests at once, each answered with its request id (some may be refused by the
+    // anonymous rate limit: those are logged too).
+    let client = reqwest::Client::new();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut pending = futures::stream::iter(0..1_000)
+        .map(|i| {
+            let client = client.clone();
+            let url = format!("http://{addr}/api/v1/no-such-route/{i}");
+            async move { client.get(url).send().await.expect("request") }
+        })
+        .buffer_unordered(32);
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(response) = pending.next().await {
+            let id = response
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .expect("a request id")
+                .to_string();
+            ids.insert(id);
+        }
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    // The server shuts down while its last lines still wait for the reader; the lines queued
+    // must be written before it exits, which it can do only once the reader reads again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = resume_tx.send(());
+    assert!(
+        answered.is_ok(),
+        "requests waited for the log's reader: {} of 1000 answered in 60 s",
+        ids.len()
+    );
+    assert_eq!(ids.len(), 1_000);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "keel serve exited with {status}");
+    let lines = reader.join().expect("reader");
+
+    let mut logged = std::collections::BTreeMap::<String, usize>::new();
+    for line in &lines {
+        let json: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not one JSON document ({e}): {line}"));
+        if json["message"] == "request completed" {
+            if let Some(id) = json["span"]["request_id"].as_str() {
+                *logged.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            logged.get(id),
+            Some(&1),
+            "request {id} has {} access-log lines",
+            logged.get(id).copied().unwrap_or(0)
+        );
+    }
+    assert_eq!(
+        lines.last().map(|l| l.contains("shutdown complete")),
+        Some(true),
+        "the last line written is the shutdown's: {:?}",
+        lines.last()
     );
 }
 

@@ -4,8 +4,19 @@
 //!
 //! Every line passes through the [`redact`](crate::redact) layer before it is written, so
 //! personal data and secrets never reach the output; `log.redaction` configures it.
+//!
+//! A server's lines are written by a thread of their own ([`LOG_QUEUE_LINES`]): a request
+//! formats and redacts its line, queues it and goes on, and the writer thread writes whatever
+//! has queued in one call, so a busy server makes one `write` for many lines instead of one
+//! per line, and a slow reader of standard output (a full pipe, a stalled log shipper) delays
+//! no request until the queue is full. No line is dropped: when the queue is full, the
+//! requests that log wait for room. [`flush_logs`] writes what is queued before the process
+//! exits.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
@@ -39,7 +50,20 @@ fn init(config: &Config, to_stderr: bool) -> bool {
     let layer = if to_stderr {
         log_layer(config, std::io::stderr, std::io::stderr().is_terminal())
     } else {
-        log_layer(config, std::io::stdout, std::io::stdout().is_terminal())
+        let ansi = std::io::stdout().is_terminal();
+        let (writer, guard) = NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_QUEUE_LINES)
+            .lossy(false)
+            .thread_name("keel-log")
+            .finish(std::io::BufWriter::with_capacity(
+                LOG_WRITE_BYTES,
+                std::io::stdout(),
+            ));
+        let layer = log_layer(config, writer, ansi);
+        if layer.is_ok() {
+            *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+        }
+        layer
     };
     let layer = match layer {
         Ok(layer) => layer,
@@ -70,6 +94,25 @@ fn init(config: &Config, to_stderr: bool) -> bool {
         }
     }
     installed
+}
+
+/// How many lines a server's log queue holds before the requests that log wait for room:
+/// about a second of lines at the highest request rates measured (PERFORMANCE.md), and a few
+/// tens of megabytes at most.
+pub const LOG_QUEUE_LINES: usize = 65_536;
+
+/// The writer thread's buffer: lines queued together are written in calls of up to this size.
+const LOG_WRITE_BYTES: usize = 64 * 1024;
+
+/// The writer thread of a server's log, while it runs ([`flush_logs`] ends it).
+static LOG_WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Writes every queued log line and ends the writer thread (waiting at most a second, should
+/// standard output be stuck). Call it last, before the process exits: lines logged after it
+/// are not written. Does nothing when the log is written directly (one-shot commands, tests).
+pub fn flush_logs() {
+    let guard = LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(guard);
 }
 
 /// The formatting layer `init_logging` installs — JSON or development format per
