@@ -982,6 +982,29 @@ mod tests {
         assert_eq!(rows, vec![(7, "x".to_string(), None)]);
     }
 
+    /// The embedded SQLite is built with the options of `.cargo/config.toml`: a cached
+    /// statement keeps its plan (QPSG), allocations take no process-wide statistics mutex
+    /// (MEMSTATUS=0), and each connection has its own page cache rather than one cache behind
+    /// one mutex for all (no MEMORY_MANAGEMENT). A build that loses them still answers
+    /// correctly, only serialised; this says so.
+    #[test]
+    fn the_embedded_sqlite_is_built_with_keels_options() {
+        let conn = Connection::open_in_memory().expect("db");
+        let mut stmt = conn.prepare("PRAGMA compile_options").expect("pragma");
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("options");
+        for wanted in ["ENABLE_QPSG", "DEFAULT_MEMSTATUS=0"] {
+            assert!(options.iter().any(|o| o == wanted), "{wanted}: {options:?}");
+        }
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     /// Each half of a pair, and any row type that leaves columns out, reads only its own
     /// columns: a column it does not name is not even checked as text.
     #[test]
