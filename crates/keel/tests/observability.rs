@@ -429,10 +429,10 @@ async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() 
     for line in &lines {
         let json: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("a log line that is not one JSON document ({e}): {line}"));
-        if json["message"] == "request completed" {
-            if let Some(id) = json["span"]["request_id"].as_str() {
-                *logged.entry(id.to_string()).or_default() += 1;
-            }
+        if json["message"] == "request completed"
+            && let Some(id) = json["span"]["request_id"].as_str()
+        {
+            *logged.entry(id.to_string()).or_default() += 1;
         }
     }
     for id in &ids {
