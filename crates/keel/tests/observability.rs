@@ -240,6 +240,18 @@ async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     (format!("http://{addr}"), bodies)
 }
 
+/// A `keel serve` child process, killed if a test ends (or panics) before stopping it.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
     // This test drives a separate `keel serve` process; its own HTTP client needs the TLS
@@ -264,8 +276,9 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Server)
         .expect("spawn keel serve");
-    let stdout = child.stdout.take().expect("stdout");
+    let stdout = child.0.stdout.take().expect("stdout");
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     {
@@ -318,9 +331,9 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     assert!(
         exported,
         "no span with the caller's trace id reached the collector"
@@ -360,8 +373,9 @@ async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() 
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Server)
         .expect("spawn keel serve");
-    let stdout = child.stdout.take().expect("stdout");
+    let stdout = child.0.stdout.take().expect("stdout");
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
@@ -409,7 +423,7 @@ async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() 
     })
     .await;
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
     // The server shuts down while its last lines still wait for the reader; the lines queued
     // must be written before it exits, which it can do only once the reader reads again.
@@ -421,7 +435,7 @@ async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() 
         ids.len()
     );
     assert_eq!(ids.len(), 1_000);
-    let status = child.wait().expect("wait");
+    let status = child.0.wait().expect("wait");
     assert!(status.success(), "keel serve exited with {status}");
     let lines = reader.join().expect("reader");
 
