@@ -109,7 +109,7 @@ static LOG_WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Writes every queued log line and ends the writer thread (waiting at most a second, should
 /// standard output be stuck). Call it last, before the process exits: lines logged after it
-/// are not written. Does nothing when the log is written directly (one-shot commands, tests).
+/// are not written. Does nothing when the log is written directly (the one-shot commands).
 pub fn flush_logs() {
     let guard = LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(guard);
