@@ -241,13 +241,58 @@ async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
 }
 
 /// A `keel serve` child process, killed if a test ends (or panics) before stopping it.
-struct Server(std::process::Child);
+struct Server {
+    child: std::process::Child,
+    /// Its working directory, removed once the server is gone.
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `keel serve` in a fresh directory on a free port, JSON log lines on its stdout
+    /// (returned, piped), jobs and the scheduler off, with `env` added.
+    fn start(env: &[(&str, &str)]) -> (Server, std::process::ChildStdout) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        cmd.current_dir(dir.path()).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.arg("serve")
+            .env("KEEL_LISTEN", "127.0.0.1:0")
+            .env("KEEL_LOG__FORMAT", "json")
+            .env("KEEL_JOBS__ENABLED", "false")
+            .env("KEEL_SCHEDULER__ENABLED", "false")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn keel serve");
+        let stdout = child.stdout.take().expect("stdout");
+        (Server { child, _dir: dir }, stdout)
+    }
+
+    /// Asks the server to stop (SIGTERM) without waiting for it.
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+/// The address of a "listening on http://…" log line.
+fn listening_address(line: &str) -> Option<String> {
+    let rest = line.split("listening on http://").nth(1)?;
+    Some(
+        rest.chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect(),
+    )
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -258,38 +303,18 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
     // crypto provider the server installs for itself.
     keel_kernel::server::install_crypto_provider();
     let (endpoint, bodies) = fake_collector().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-    cmd.current_dir(dir.path()).env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    let mut child = cmd
-        .arg("serve")
-        .env("KEEL_LISTEN", "127.0.0.1:0")
-        .env("KEEL_LOG__FORMAT", "json")
-        .env("KEEL_JOBS__ENABLED", "false")
-        .env("KEEL_SCHEDULER__ENABLED", "false")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_SERVICE_NAME", "keel-test")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Server)
-        .expect("spawn keel serve");
-    let stdout = child.0.stdout.take().expect("stdout");
+    let (mut server, stdout) = Server::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "keel-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     {
         let lines = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect();
+                if let Some(addr) = listening_address(&line) {
                     let _ = addr_tx.send(addr);
                 }
                 if let Ok(mut l) = lines.lock() {
@@ -330,10 +355,8 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let _ = child.0.wait();
+    server.terminate();
+    let _ = server.child.wait();
     assert!(
         exported,
         "no span with the caller's trace id reached the collector"
@@ -358,34 +381,13 @@ async fn a_callers_trace_id_reaches_the_log_lines_and_the_exported_spans() {
 #[tokio::test]
 async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() {
     keel_kernel::server::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-    cmd.current_dir(dir.path()).env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    let mut child = cmd
-        .arg("serve")
-        .env("KEEL_LISTEN", "127.0.0.1:0")
-        .env("KEEL_LOG__FORMAT", "json")
-        .env("KEEL_JOBS__ENABLED", "false")
-        .env("KEEL_SCHEDULER__ENABLED", "false")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Server)
-        .expect("spawn keel serve");
-    let stdout = child.0.stdout.take().expect("stdout");
+    let (mut server, stdout) = Server::start(&[]);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
+            if let Some(addr) = listening_address(&line) {
                 let _ = addr_tx.send(addr);
                 // Stop reading until the server is told to stop: the pipe fills (the
                 // requests' lines are far more than it holds) and the lines queue.
@@ -422,9 +424,7 @@ async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() 
         }
     })
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
+    server.terminate();
     // The server shuts down while its last lines still wait for the reader; the lines queued
     // must be written before it exits, which it can do only once the reader reads again.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -435,7 +435,7 @@ async fn every_requests_log_line_is_written_whole_and_before_the_server_exits() 
         ids.len()
     );
     assert_eq!(ids.len(), 1_000);
-    let status = child.0.wait().expect("wait");
+    let status = server.child.wait().expect("wait");
     assert!(status.success(), "keel serve exited with {status}");
     let lines = reader.join().expect("reader");
 
