@@ -121,6 +121,26 @@ async fn keys_are_scoped_to_the_caller_and_failures_are_not_kept() {
     assert_eq!(bad_key.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
+/// The answers the outermost layer gives itself (load shed, URI too long) carry the same
+/// security headers and request id as any other.
+fn assert_secured(response: &reqwest::Response) {
+    let h = response.headers();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(
+            h.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name} on a {} answer",
+            response.status()
+        );
+    }
+    assert!(h.get("content-security-policy").is_some());
+    assert!(h.get("x-request-id").is_some());
+}
+
 #[tokio::test]
 async fn above_the_in_flight_cap_requests_are_shed_at_once_and_health_still_answers() {
     let app = TestApp::builder()
@@ -138,6 +158,7 @@ async fn above_the_in_flight_cap_requests_are_shed_at_once_and_health_still_answ
     let shed = slow(10).await;
     assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(shed.headers().get("retry-after").is_some());
+    assert_secured(&shed);
     problem(shed).await;
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
     let (a, b) = held.await.expect("join");
@@ -151,6 +172,7 @@ async fn an_overlong_url_answers_414_and_an_oversized_head_431() {
     let long = format!("/api/v1/test/slow?ms=1&pad={}", "x".repeat(10_000));
     let r = app.get(&long).await;
     assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+    assert_secured(&r);
     problem(r).await;
     let r = app
         .client

@@ -3,9 +3,17 @@
 //!   returns it on the response;
 //! - works out the client IP (`X-Forwarded-For` is believed only from trusted proxies);
 //! - opens the request span (request id, method, route template, status, latency) and writes
-//!   one access-log line per request (not for `/health*` and `/metrics`);
+//!   one access-log line per request;
+//! - sheds load: above `http.max_in_flight` requests in flight, answers 503 at once;
 //! - renders every error response as problem+json with `instance` and `request_id`,
-//!   including error responses the framework produced without a body.
+//!   including error responses the framework produced without a body;
+//! - adds the security headers to every response.
+//!
+//! Health checks and metrics scrapes (`/health*`, `/metrics`) are quiet: load balancers and
+//! scrapers call them every few seconds, so they write no access-log line, are never shed
+//! (operators must see why the node is overloaded), and open their span at `debug` level
+//! only, so that at the usual `info` they cost no span at all. A quiet request that fails
+//! still logs its error, with its request id, method and path.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -44,6 +52,10 @@ pub struct ClientIp(pub IpAddr);
 pub struct ContextSettings {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub max_url_bytes: usize,
+    /// The cap on requests in flight.
+    pub shed: super::LoadShed,
+    /// Adds `Strict-Transport-Security`.
+    pub production: bool,
 }
 
 /// A fresh request id: a UUIDv7 (time-ordered, so log lines sort by arrival), its random
@@ -134,15 +146,8 @@ pub async fn request_context(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::observe::trace::TraceContext::parse)
         .unwrap_or_else(crate::observe::trace::TraceContext::new_root);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        trace_id = %trace.trace_id_hex(),
-        method = %method,
-        route = tracing::field::Empty,
-        org = tracing::field::Empty,
-        user = tracing::field::Empty,
-    );
+    let quiet = is_quiet_path(&path);
+    let span = request_span(quiet, &request_id, &trace, &method);
     let url_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     let mut response = if url_len > settings.max_url_bytes {
         ApiError::new(
@@ -156,8 +161,19 @@ pub async fn request_context(
         ))
         .into_response()
     } else {
-        crate::observe::trace::link_span(&span, &trace);
-        crate::observe::trace::in_trace(trace, next.run(req).instrument(span.clone())).await
+        // Quiet requests are never shed: operators must see why the node is overloaded.
+        let admitted = if quiet {
+            Ok(None)
+        } else {
+            settings.shed.admit()
+        };
+        match admitted {
+            Err(shed) => shed.into_response(),
+            Ok(_in_flight) => {
+                crate::observe::trace::link_span(&span, &trace);
+                crate::observe::trace::in_trace(trace, next.run(req).instrument(span.clone())).await
+            }
+        }
     };
 
     let status = response.status();
@@ -178,20 +194,64 @@ pub async fn request_context(
             *response.body_mut() = axum::body::Body::from(body);
         }
     }
+    let headers = response.headers_mut();
+    super::security_headers(headers, settings.production);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
 
     let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    let cause = response.extensions().get::<InternalCause>();
+    let failed = cause.is_some() || status.is_server_error();
+    if quiet && !failed {
+        return response;
+    }
+    // A quiet request's span is off at `info`: its failure gets one after the fact, so that
+    // its error line still says which request it was.
+    let span = if span.is_disabled() {
+        let span = request_span(false, &request_id, &trace, &method);
+        span.record("route", path.as_str());
+        span
+    } else {
+        span
+    };
     let _enter = span.enter();
-    if let Some(cause) = response.extensions().get::<InternalCause>() {
+    if let Some(cause) = cause {
         tracing::error!(status = status.as_u16(), latency_ms, cause = %cause.0, "request failed");
-    } else if status.is_server_error() {
+    } else if failed {
         tracing::error!(status = status.as_u16(), latency_ms, "request failed");
-    } else if !is_quiet_path(&path) {
+    } else {
         tracing::info!(status = status.as_u16(), latency_ms, "request completed");
     }
     response
+}
+
+/// The request's span: at `info`, or at `debug` for a quiet request.
+fn request_span(
+    quiet: bool,
+    request_id: &str,
+    trace: &crate::observe::trace::TraceContext,
+    method: &axum::http::Method,
+) -> tracing::Span {
+    macro_rules! span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "request",
+                request_id = %request_id,
+                trace_id = %trace.trace_id_hex(),
+                method = %method,
+                route = tracing::field::Empty,
+                org = tracing::field::Empty,
+                user = tracing::field::Empty,
+            )
+        };
+    }
+    if quiet {
+        span!(tracing::Level::DEBUG)
+    } else {
+        span!(tracing::Level::INFO)
+    }
 }
 
 fn is_problem(response: &Response) -> bool {
@@ -248,5 +308,98 @@ mod tests {
             assert!(sane_request_id(&HeaderValue::from_str(id).expect("hv")).is_some());
         }
         assert!(a < b, "later ids sort after earlier ones");
+    }
+
+    /// Collects what the log writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+                .collect()
+        }
+    }
+
+    /// Health checks and scrapes write nothing while they succeed; a failing one still logs
+    /// its error with the request's id, method and path, like any other request.
+    #[tokio::test]
+    async fn quiet_paths_log_only_their_failures_and_say_which_request_failed() {
+        use axum::routing::get;
+        use tower::ServiceExt as _;
+
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let router = axum::Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route(
+                "/health/ready",
+                get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            )
+            .route("/api/v1/thing", get(|| async { "thing" }));
+        let app = super::super::with_layers(router, &crate::config::Config::default());
+        let mut ids = Vec::new();
+        for path in ["/health", "/health/ready", "/api/v1/thing"] {
+            let response = app
+                .clone()
+                .oneshot(
+                    axum::http::Request::get(path)
+                        .body(axum::body::Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("response");
+            let id = response
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .expect("a request id")
+                .to_string();
+            ids.push((path, response.status(), id));
+        }
+        assert_eq!(ids[0].1, StatusCode::OK);
+        assert_eq!(ids[1].1, StatusCode::INTERNAL_SERVER_ERROR);
+        let lines = log.lines();
+        let of = |id: &str| {
+            lines
+                .iter()
+                .filter(|l| l["span"]["request_id"] == id)
+                .collect::<Vec<_>>()
+        };
+        assert!(of(&ids[0].2).is_empty(), "a healthy check is not logged");
+        let failed = of(&ids[1].2);
+        assert_eq!(failed.len(), 1, "{lines:?}");
+        assert_eq!(failed[0]["message"], "request failed");
+        assert_eq!(failed[0]["level"], "ERROR");
+        assert_eq!(failed[0]["status"], 500);
+        assert_eq!(failed[0]["span"]["method"], "GET");
+        assert_eq!(failed[0]["span"]["route"], "/health/ready");
+        let other = of(&ids[2].2);
+        assert_eq!(other.len(), 1, "{lines:?}");
+        assert_eq!(other[0]["message"], "request completed");
+        assert_eq!(lines.len(), 2, "nothing else is logged: {lines:?}");
     }
 }

@@ -1,16 +1,18 @@
 //! The HTTP stack: the tower layers every request passes through, in this order (outermost
 //! first):
 //!
-//! compression → request context (request id, client IP, span, access log, problem bodies)
-//! → load shedding → security headers → CORS → panic guard → timeout → body limit → router
-//! → (matched routes) route span, metrics, rate limit, idempotency → handler.
+//! compression → request context (request id, client IP, span, load shedding, problem
+//! bodies, security headers, access log) → CORS → panic guard → timeout → body limit →
+//! router → (matched routes) route span, metrics, rate limit, idempotency → handler.
 //!
 //! Routes come from the enabled modules; anything unmatched answers a 404 problem.
 //!
 //! The layers wrap the router once, as one service, instead of through `Router::layer`:
 //! that would wrap every route separately, and axum clones a route's whole wrapped stack at
 //! each level a request passes through, so each added layer made every request pay for
-//! all the layers inside it again.
+//! all the layers inside it again. For the same reason the request context, load shedding
+//! and security headers are one middleware: each `from_fn` level clones the stack inside it
+//! and boxes it and its future once more per request.
 
 pub mod concurrency;
 pub mod context;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower::{Layer as _, ServiceBuilder};
@@ -45,18 +47,14 @@ pub fn with_layers(router: Router, config: &Config) -> Router {
     let settings = context::ContextSettings {
         trusted_proxies: Arc::new(config.trusted_proxies()),
         max_url_bytes: config.http.max_url_bytes,
+        shed: LoadShed::new(config.http.max_in_flight),
+        production: config.is_production(),
     };
-    let shed = LoadShed::new(config.http.max_in_flight);
-    let production = config.is_production();
     let stack = ServiceBuilder::new()
         .layer(axum::middleware::from_fn_with_state(
             settings,
             context::request_context,
         ))
-        .layer(axum::middleware::from_fn_with_state(shed, shed_load))
-        .layer(axum::middleware::map_response(move |r: Response| {
-            security_headers(r, production)
-        }))
         .layer(cors(config))
         // tower-http's layers each answer with their own body type; these maps keep every
         // layer's inner response an axum `Response` (whose body the next layer can build).
@@ -95,7 +93,8 @@ impl LoadShed {
     }
 }
 
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+/// One request counted in flight until dropped.
+pub(crate) struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -103,31 +102,36 @@ impl Drop for InFlight {
     }
 }
 
-/// Above the cap, answer 503 at once: queueing without bound only turns overload into
-/// timeouts for everyone. Health and metrics stay reachable so operators can see why.
-async fn shed_load(
-    axum::extract::State(shed): axum::extract::State<LoadShed>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use std::sync::atomic::Ordering;
-    let path = req.uri().path();
-    if shed.max == 0 || path == "/metrics" || path == "/health" || path.starts_with("/health/") {
-        return next.run(req).await;
+impl LoadShed {
+    /// Counts a request in flight, or refuses it when the cap is reached: above the cap the
+    /// answer is 503 at once, because queueing without bound only turns overload into
+    /// timeouts for everyone. No cap (`max_in_flight = 0`) counts nothing.
+    pub(crate) fn admit(&self) -> Result<Option<InFlight>, Shed> {
+        use std::sync::atomic::Ordering;
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = InFlight(self.in_flight.clone());
+        if now > self.max {
+            drop(guard);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("keel_http_requests_shed_total").increment(1);
+            return Err(Shed);
+        }
+        Ok(Some(guard))
     }
-    let now = shed.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-    let guard = InFlight(shed.in_flight.clone());
-    if now > shed.max {
-        drop(guard);
-        shed.shed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("keel_http_requests_shed_total").increment(1);
-        return ApiError::service_unavailable("the server is at capacity; retry shortly")
+}
+
+/// A request refused at the in-flight cap: 503 with `Retry-After`.
+pub(crate) struct Shed;
+
+impl IntoResponse for Shed {
+    fn into_response(self) -> Response {
+        ApiError::service_unavailable("the server is at capacity; retry shortly")
             .with_header(header::RETRY_AFTER, 1)
-            .into_response();
+            .into_response()
     }
-    let response = next.run(req).await;
-    drop(guard);
-    response
 }
 
 async fn no_route() -> ApiError {
@@ -153,8 +157,8 @@ static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-t
 static X_FRAME_OPTIONS: HeaderName = HeaderName::from_static("x-frame-options");
 static REFERRER_POLICY: HeaderName = HeaderName::from_static("referrer-policy");
 
-async fn security_headers(mut response: Response, production: bool) -> Response {
-    let headers = response.headers_mut();
+/// The headers every response carries, unless the route set its own.
+pub(crate) fn security_headers(headers: &mut HeaderMap, production: bool) {
     let defaults = [
         (&X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (&X_FRAME_OPTIONS, "DENY"),
@@ -178,7 +182,6 @@ async fn security_headers(mut response: Response, production: bool) -> Response 
             HeaderValue::from_static("max-age=63072000; includeSubDomains"),
         );
     }
-    response
 }
 
 /// CORS from configuration: no origins = no CORS headers (same-origin only); a list =
