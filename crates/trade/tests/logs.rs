@@ -2,11 +2,11 @@
 //! with the kernel's log redaction (`account_number` is on its built-in list), and the payment
 //! types' `Debug` masks both, so neither a field nor `?payment` logged anywhere shows them.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use keel_kernel::config::{Config, LogConfig, LogFormat};
 use keel_kernel::module::Module;
+use keel_kernel::observe::LogCapture;
 use keel_trade::payments::routes::PaymentInput;
 use keel_trade::payments::store::Payment;
 use serde_json::json;
@@ -14,31 +14,6 @@ use tracing_subscriber::layer::SubscriberExt;
 
 const BANK_REFERENCE: &str = "HDFCR52025032012345";
 const ACCOUNT: &str = "50100234567890";
-
-/// A writer that keeps what was written.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 fn input() -> PaymentInput {
     serde_json::from_value(json!({
@@ -83,7 +58,7 @@ fn logged(format: LogFormat, with_module_fields: bool) -> String {
         let modules: Vec<Arc<dyn Module>> = vec![Arc::new(keel_trade::TradeModule)];
         config.log.redaction.module_fields = keel_kernel::module::log_redacted_fields(&modules);
     }
-    let buffer = Buffer::default();
+    let buffer = LogCapture::default();
     let layer = keel_kernel::observe::log_layer(&config, buffer.clone(), false).expect("layer");
     let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(subscriber, || {
@@ -99,8 +74,7 @@ fn logged(format: LogFormat, with_module_fields: bool) -> String {
             "nested"
         );
     });
-    let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
-    String::from_utf8(bytes).expect("utf-8 log")
+    buffer.text()
 }
 
 #[test]

@@ -310,32 +310,6 @@ mod tests {
         assert!(a < b, "later ids sort after earlier ones");
     }
 
-    /// Collects what the log writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut b) = self.0.lock() {
-                b.extend_from_slice(buf);
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn lines(&self) -> Vec<serde_json::Value> {
-            let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("a JSON log line"))
-                .collect()
-        }
-    }
-
     /// Health checks and scrapes write nothing while they succeed; a failing one still logs
     /// its error with the request's id, method and path, like any other request.
     #[tokio::test]
@@ -343,14 +317,13 @@ mod tests {
         use axum::routing::get;
         use tower::ServiceExt as _;
 
-        let log = Captured::default();
-        let writer = log.clone();
+        let log = crate::observe::LogCapture::default();
         let subscriber = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
+            .with_writer(log.clone())
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
         let router = axum::Router::new()
@@ -382,7 +355,11 @@ mod tests {
         }
         assert_eq!(ids[0].1, StatusCode::OK);
         assert_eq!(ids[1].1, StatusCode::INTERNAL_SERVER_ERROR);
-        let lines = log.lines();
+        let lines: Vec<serde_json::Value> = log
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+            .collect();
         let of = |id: &str| {
             lines
                 .iter()

@@ -80,7 +80,6 @@ pub fn with_layers(router: Router, config: &Config) -> Router {
 pub struct LoadShed {
     max: usize,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    shed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LoadShed {
@@ -88,7 +87,6 @@ impl LoadShed {
         Self {
             max,
             in_flight: Arc::default(),
-            shed: Arc::default(),
         }
     }
 }
@@ -115,7 +113,6 @@ impl LoadShed {
         let guard = InFlight(self.in_flight.clone());
         if now > self.max {
             drop(guard);
-            self.shed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("keel_http_requests_shed_total").increment(1);
             return Err(Shed);
         }

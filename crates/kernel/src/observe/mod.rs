@@ -171,6 +171,47 @@ pub fn redactor(config: &Config) -> Result<Redactor, RedactError> {
     Redactor::new(&config.log.redaction, hash_key)
 }
 
+/// A log output kept in memory, for tests: a subscriber's `MakeWriter` whose every line
+/// stays readable through [`LogCapture::text`]. Only in tests and builds with the
+/// `testing` feature (enabled by the test kit).
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(std::sync::Arc<Mutex<Vec<u8>>>);
+
+#[cfg(any(test, feature = "testing"))]
+impl LogCapture {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8(bytes).expect("log output is UTF-8")
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("log capture poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl<'a> MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 pub mod trace;
 
 static SLOW_OPERATION_MICROS: std::sync::atomic::AtomicU64 =

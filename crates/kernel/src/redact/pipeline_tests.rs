@@ -3,43 +3,13 @@
 //! and the written bytes are checked — raw values gone, hints right, ordinary numbers intact.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::sync::{Arc, Mutex};
 
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use super::RedactionConfig;
 use super::checks::verhoeff_check_digit;
 use crate::config::{Config, LogConfig, LogFormat, Secret};
-use crate::observe::log_layer;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = CaptureWriter;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        CaptureWriter(self.0.clone())
-    }
-}
+use crate::observe::{LogCapture, log_layer};
 
 const FORMATS: [LogFormat; 2] = [LogFormat::Json, LogFormat::Pretty];
 
@@ -57,12 +27,11 @@ fn config(format: LogFormat, redaction: RedactionConfig) -> Config {
 
 /// What the stack built from `config` writes while `emit` runs.
 fn capture(config: &Config, ansi: bool, emit: impl FnOnce()) -> String {
-    let buf = Capture::default();
+    let buf = LogCapture::default();
     let layer = log_layer(config, buf.clone(), ansi).expect("log layer");
     let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(subscriber, emit);
-    let bytes = buf.0.lock().expect("lock").clone();
-    let out = String::from_utf8(bytes).expect("utf-8");
+    let out = buf.text();
     assert!(!out.is_empty(), "nothing was logged");
     if config.log.format == LogFormat::Json {
         for line in out.lines() {
